@@ -1,0 +1,601 @@
+"""One logical processor's VMX: the state machine and every VMX instruction (SDM Vol. 3C ch. 31).
+
+Two ways in:
+- the value API (`vmxon`, `vmptrld`, `vmread`, `vmwrite`, `vmlaunch`, ...) is what software
+  running in VMX root operation gets: L0 calls it the way KVM executes the instructions;
+- `execute(instruction, memory)` runs a decoded guest instruction with its operands, in root or
+  non-root operation; in non-root operation it yields the VM exit the instruction causes, or
+  serves VMREAD/VMWRITE from the shadow VMCS (§26.10).
+
+Status results: `VM_SUCCEED` (0), `VM_FAIL_INVALID` (-1), or a positive `VmxError` number for
+VMfailValid.  RFLAGS is updated as the SDM's conventions say (§31.2).  #UD/#GP/#PF are raised
+as `X86Exception`; the instruction then has no other effect.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from nestvmx.arch.controls import INTR_INFO_VALID, ControlKind, PrimaryCtls, SecondaryCtls
+from nestvmx.arch.errors import VmxError
+from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
+from nestvmx.arch.fields import Access, FieldType, FieldWidth, VmcsField
+from nestvmx.arch.fields import Field as F
+from nestvmx.arch.msr import (
+    EPT_CAP_INVEPT,
+    EPT_CAP_INVEPT_ALL_CONTEXT,
+    EPT_CAP_INVEPT_SINGLE_CONTEXT,
+    FEATURE_CONTROL_LOCKED,
+    FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
+    VPID_CAP_ALL_CONTEXT,
+    VPID_CAP_INDIVIDUAL_ADDR,
+    VPID_CAP_INVVPID,
+    VPID_CAP_SINGLE_CONTEXT,
+    VPID_CAP_SINGLE_CONTEXT_RETAIN_GLOBALS,
+    Msr,
+)
+from nestvmx.hw import vmentry
+from nestvmx.hw.cpu_models import CpuModel
+from nestvmx.hw.exceptions import Vector, X86Exception
+from nestvmx.hw.instruction import MemOperand, VmxInstruction, VmxOp
+from nestvmx.hw.memory import PhysicalMemory
+from nestvmx.hw.paging import LinearMemory
+from nestvmx.hw.state import (
+    CR0_PE,
+    CR4_VMXE,
+    RFLAGS_ARITH,
+    RFLAGS_CF,
+    RFLAGS_ZF,
+    CpuState,
+    Seg,
+    canonical,
+)
+from nestvmx.hw.vmcs import (
+    INVALID_POINTER,
+    SHADOW_VMCS_INDICATOR,
+    LaunchState,
+    VmcsData,
+    clear_region,
+    load_region,
+    read_revision,
+    store_region,
+)
+from nestvmx.hw.vmexit import VmExit, load_host_state, save_guest_state, write_exit_information
+
+VM_SUCCEED = 0
+VM_FAIL_INVALID = -1
+
+# Some Intel CPUs drop the reserved bits of the access-rights fields on VMWRITE; KVM
+# emulates the same for vmcs12 (Linux nested.c, handle_vmwrite).  This model does it too.
+_AR_FIELDS = frozenset(
+    {
+        F.GUEST_ES_AR_BYTES,
+        F.GUEST_CS_AR_BYTES,
+        F.GUEST_SS_AR_BYTES,
+        F.GUEST_DS_AR_BYTES,
+        F.GUEST_FS_AR_BYTES,
+        F.GUEST_GS_AR_BYTES,
+        F.GUEST_LDTR_AR_BYTES,
+        F.GUEST_TR_AR_BYTES,
+    }
+)
+_AR_WRITABLE = 0x1F0FF
+_WIDTH_MASK = {
+    FieldWidth.W16: 0xFFFF,
+    FieldWidth.W32: 0xFFFF_FFFF,
+    FieldWidth.W64: 0xFFFF_FFFF_FFFF_FFFF,
+    FieldWidth.NATURAL: 0xFFFF_FFFF_FFFF_FFFF,
+}
+_INVEPT_TYPES = {1: EPT_CAP_INVEPT_SINGLE_CONTEXT, 2: EPT_CAP_INVEPT_ALL_CONTEXT}
+_INVVPID_TYPES = {
+    0: VPID_CAP_INDIVIDUAL_ADDR,
+    1: VPID_CAP_SINGLE_CONTEXT,
+    2: VPID_CAP_ALL_CONTEXT,
+    3: VPID_CAP_SINGLE_CONTEXT_RETAIN_GLOBALS,
+}
+
+
+class LogicalProcessor:
+    """The VMX state of one logical processor over a host-physical memory."""
+
+    def __init__(self, model: CpuModel, memory: PhysicalMemory, state: CpuState | None = None) -> None:
+        self.model = model
+        self.memory = memory
+        self.state = state if state is not None else CpuState()
+        self.state.msrs.setdefault(Msr.IA32_FEATURE_CONTROL, FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX)
+        self.vmx_operation = False
+        self.non_root = False
+        self.vmxon_pointer = INVALID_POINTER
+        self.current_vmcs = INVALID_POINTER
+        self.active_vmcs: dict[int, VmcsData] = {}  # the processor's VMCS cache
+        self.pending_injection: tuple[int, int, int] | None = None  # (intr info, error code, length)
+        # Called with (invalidation type, EPTP or VPID) so the execution engine can drop translations.
+        self.on_invalidate: Callable[[str, int, int | None], None] = lambda kind, type_, context: None
+        self.events: Counter[str] = Counter()  # hardware events, for the cost model
+
+    # ----------------------------------------------------------------- helpers
+
+    def _set_status(self, status: int) -> int:
+        """Apply VMsucceed / VMfailInvalid / VMfailValid(n) to RFLAGS (SDM §31.2)."""
+        s = self.state
+        s.rflags &= ~RFLAGS_ARITH
+        if status == VM_FAIL_INVALID:
+            s.rflags |= RFLAGS_CF
+        elif status > 0:
+            s.rflags |= RFLAGS_ZF
+            self.active_vmcs[self.current_vmcs].fields[F.VM_INSTRUCTION_ERROR] = status
+        return status
+
+    def _vmfail(self, error: VmxError) -> int:
+        """VMfail(n): VMfailValid if there is a current VMCS, else VMfailInvalid."""
+        return self._set_status(error if self.current_vmcs != INVALID_POINTER else VM_FAIL_INVALID)
+
+    def _ud_unless_vmx_capable_mode(self) -> None:
+        s = self.state
+        if not s.cr0 & CR0_PE or s.virtual_8086 or s.in_compatibility_mode:
+            raise X86Exception(Vector.UD)
+
+    def _root_prechecks(self) -> None:
+        """#UD outside VMX operation or in an unsupported mode, #GP(0) at CPL > 0."""
+        if not self.vmx_operation:
+            raise X86Exception(Vector.UD)
+        self._ud_unless_vmx_capable_mode()
+        if self.non_root:
+            raise RuntimeError("the value API is for VMX root operation; use execute() for guest code")
+        if self.state.cpl > 0:
+            raise X86Exception(Vector.GP, 0)
+
+    def _pointer_ok(self, address: int) -> bool:
+        return address & 0xFFF == 0 and address >> self.model.phys_addr_bits == 0
+
+    def _activate(self, address: int) -> VmcsData:
+        data = self.active_vmcs.get(address)
+        if data is None:
+            data = self.active_vmcs[address] = load_region(self.model, self.memory, address)
+        return data
+
+    @property
+    def current(self) -> VmcsData | None:
+        return self.active_vmcs.get(self.current_vmcs)
+
+    # ------------------------------------------------------------ value API
+
+    def vmxon(self, pointer: int) -> int:
+        """SDM VMXON.  The #UD for CR4.VMXE = 0 replaces the 'outside VMX operation' one."""
+        s = self.state
+        if not s.cr4 & CR4_VMXE:
+            raise X86Exception(Vector.UD)
+        self._ud_unless_vmx_capable_mode()
+        if self.vmx_operation:
+            if self.non_root:
+                raise RuntimeError("VMXON in non-root operation exits; use execute()")
+            if s.cpl > 0:
+                raise X86Exception(Vector.GP, 0)
+            return self._vmfail(VmxError.VMXON_IN_VMX_ROOT_OPERATION)
+        m = self.model.msrs
+        feature_control = s.read_msr(Msr.IA32_FEATURE_CONTROL)
+        if (
+            s.cpl > 0
+            or not vmentry._fixed_ok(s.cr0, m[Msr.IA32_VMX_CR0_FIXED0], m[Msr.IA32_VMX_CR0_FIXED1])
+            or not vmentry._fixed_ok(s.cr4, m[Msr.IA32_VMX_CR4_FIXED0], m[Msr.IA32_VMX_CR4_FIXED1])
+            or not feature_control & FEATURE_CONTROL_LOCKED
+            or not feature_control & FEATURE_CONTROL_VMXON_OUTSIDE_SMX
+        ):
+            raise X86Exception(Vector.GP, 0)
+        return self._vmxon_pointer_checks(pointer)
+
+    def _vmxon_pointer_checks(self, pointer: int) -> int:
+        if not self._pointer_ok(pointer) or read_revision(self.memory, pointer) != self.model.revision_id:
+            return self._set_status(VM_FAIL_INVALID)  # bit 31 set also fails: not a shadow VMCS
+        self.vmx_operation = True
+        self.vmxon_pointer = pointer
+        self.current_vmcs = INVALID_POINTER
+        return self._set_status(VM_SUCCEED)
+
+    def vmxoff(self) -> int:
+        self._root_prechecks()
+        # VMXOFF does not VMCLEAR active VMCSs (SDM §25.11.1): they stay in memory as they were
+        # last written, marked so that a later VMRESUME fails with error 6.
+        for data in self.active_vmcs.values():
+            if data.launch_state is LaunchState.LAUNCHED:
+                data.launch_state = LaunchState.LAUNCHED_BEFORE_VMXOFF
+            store_region(self.model, self.memory, data)
+        self.active_vmcs.clear()
+        self.vmx_operation = False
+        self.vmxon_pointer = self.current_vmcs = INVALID_POINTER
+        return self._set_status(VM_SUCCEED)
+
+    def vmclear(self, pointer: int) -> int:
+        self._root_prechecks()
+        return self._vmclear(pointer)
+
+    def _vmclear(self, pointer: int) -> int:
+        if not self._pointer_ok(pointer):
+            return self._vmfail(VmxError.VMCLEAR_INVALID_ADDRESS)
+        if pointer == self.vmxon_pointer:
+            return self._vmfail(VmxError.VMCLEAR_VMXON_POINTER)
+        self.events["vmclear"] += 1
+        data = self.active_vmcs.pop(pointer, None)
+        if data is not None:
+            data.launch_state = LaunchState.CLEAR
+            store_region(self.model, self.memory, data)
+        else:
+            clear_region(self.memory, pointer)
+        if pointer == self.current_vmcs:
+            self.current_vmcs = INVALID_POINTER
+        return self._set_status(VM_SUCCEED)
+
+    def vmptrld(self, pointer: int) -> int:
+        self._root_prechecks()
+        return self._vmptrld(pointer)
+
+    def _vmptrld(self, pointer: int) -> int:
+        if not self._pointer_ok(pointer):
+            return self._vmfail(VmxError.VMPTRLD_INVALID_ADDRESS)
+        if pointer == self.vmxon_pointer:
+            return self._vmfail(VmxError.VMPTRLD_VMXON_POINTER)
+        revision = read_revision(self.memory, pointer)
+        shadow_ok = self.model.has_vmcs_shadowing
+        if revision & ~SHADOW_VMCS_INDICATOR != self.model.revision_id or (
+            revision & SHADOW_VMCS_INDICATOR and not shadow_ok
+        ):
+            return self._vmfail(VmxError.VMPTRLD_INCORRECT_VMCS_REVISION_ID)
+        self.events["vmptrld"] += 1
+        data = self._activate(pointer)
+        data.shadow = bool(revision & SHADOW_VMCS_INDICATOR)
+        self.current_vmcs = pointer
+        return self._set_status(VM_SUCCEED)
+
+    def vmptrst(self) -> tuple[int, int]:
+        self._root_prechecks()
+        return self._set_status(VM_SUCCEED), self.current_vmcs
+
+    def vmread(self, encoding: int) -> tuple[int, int]:
+        """(status, value); value is 0 unless the status is VM_SUCCEED."""
+        self._root_prechecks()
+        return self._vmread(self.current, encoding, op64=True)
+
+    def vmwrite(self, encoding: int, value: int) -> int:
+        self._root_prechecks()
+        return self._vmwrite(self.current, encoding, value, op64=True)
+
+    def _field(self, encoding: int) -> tuple[VmcsField, Access] | None:
+        return self.model.encodings.get(encoding)
+
+    def _vmread_lookup(self, vmcs: VmcsData | None, encoding: int, op64: bool) -> tuple[int, int]:
+        """(status, value) of a VMREAD, without side effects."""
+        if vmcs is None:
+            return VM_FAIL_INVALID, 0
+        found = self._field(encoding)
+        if found is None:
+            return VmxError.UNSUPPORTED_VMCS_COMPONENT, 0
+        field, access = found
+        value = vmcs.fields.get(field.encoding, 0)
+        if access is Access.HIGH:
+            value >>= 32
+        return VM_SUCCEED, value if op64 else value & 0xFFFF_FFFF
+
+    def _vmread(self, vmcs: VmcsData | None, encoding: int, op64: bool) -> tuple[int, int]:
+        status, value = self._vmread_lookup(vmcs, encoding, op64)
+        if status == VM_SUCCEED:
+            self.events["vmread"] += 1
+        return self._set_status(status), value
+
+    def _vmwrite(self, vmcs: VmcsData | None, encoding: int, value: int, op64: bool, shadow: bool = False) -> int:
+        if vmcs is None:
+            return self._set_status(VM_FAIL_INVALID)
+        found = self._field(encoding)
+        if found is None:
+            return self._vmfail(VmxError.UNSUPPORTED_VMCS_COMPONENT)
+        field, access = found
+        if field.type is FieldType.READ_ONLY and not self.model.vmwrite_any_field:
+            return self._vmfail(VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT)
+        self.events["shadow_vmwrite" if shadow else "vmwrite"] += 1
+        if access is Access.HIGH:
+            old = vmcs.fields.get(field.encoding, 0)
+            value = (old & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
+        else:
+            # Outside 64-bit mode the source is 32 bits and the upper half of the field is cleared.
+            value &= _WIDTH_MASK[field.width] if op64 else _WIDTH_MASK[field.width] & 0xFFFF_FFFF
+            if field.encoding in _AR_FIELDS:
+                value &= _AR_WRITABLE
+        vmcs.fields[field.encoding] = value
+        return self._set_status(VM_SUCCEED)
+
+    def vmlaunch(self) -> int | VmExit | None:
+        """None when the guest was entered; a status on VMfail; a VmExit on VM-entry failure."""
+        self._root_prechecks()
+        return self._vmentry(launch=True)
+
+    def vmresume(self) -> int | VmExit | None:
+        self._root_prechecks()
+        return self._vmentry(launch=False)
+
+    def _vmentry(self, launch: bool) -> int | VmExit | None:
+        vmcs = self.current
+        if vmcs is None or vmcs.shadow:  # SDM §27.1: a shadow VMCS cannot be used for VM entry
+            return self._set_status(VM_FAIL_INVALID)
+        s = self.state
+        if s.interruptibility & 2:
+            return self._vmfail(VmxError.ENTRY_EVENTS_BLOCKED_BY_MOV_SS)
+        if launch and vmcs.launch_state is not LaunchState.CLEAR:
+            return self._vmfail(VmxError.VMLAUNCH_NONCLEAR_VMCS)
+        if not launch and vmcs.launch_state is LaunchState.LAUNCHED_BEFORE_VMXOFF:
+            return self._vmfail(VmxError.VMRESUME_AFTER_VMXOFF)
+        if not launch and vmcs.launch_state is not LaunchState.LAUNCHED:
+            return self._vmfail(VmxError.VMRESUME_NONLAUNCHED_VMCS)
+        f = vmcs.fields
+        self.last_entry_check = vmentry.check_controls(self.model, f, self.memory)
+        if self.last_entry_check:
+            return self._vmfail(VmxError.ENTRY_INVALID_CONTROL_FIELD)
+        self.last_entry_check = vmentry.check_host_state(self.model, f, s)
+        if self.last_entry_check:
+            return self._vmfail(VmxError.ENTRY_INVALID_HOST_STATE_FIELD)
+        self.events["vmentry"] += 1
+        failure = vmentry.check_guest_state(self.model, f, self.memory, self.current_vmcs)
+        if failure:
+            self.last_entry_check, qualification = failure
+            return self._entry_failure(vmcs, ExitReason.INVALID_GUEST_STATE, qualification)
+        # From here on the guest state is loaded (§27.3.2); an MSR-loading failure unloads it.
+        saved = (s.cr0, s.cr3, s.cr4, s.efer)
+        vmentry.load_guest_state(f, s)
+        bad_msr = vmentry.load_msrs(self.memory, f[F.VM_ENTRY_MSR_LOAD_ADDR], f[F.VM_ENTRY_MSR_LOAD_COUNT], s)
+        if bad_msr is not None:
+            self.last_entry_check = f"VM-entry MSR-load entry {bad_msr}"
+            s.cr0, s.cr3, s.cr4, s.efer = saved
+            return self._entry_failure(vmcs, ExitReason.MSR_LOADING, bad_msr)
+        self.last_entry_check = None
+        vmcs.launch_state = LaunchState.LAUNCHED
+        self.non_root = True
+        if self._shadowing_enabled(f) and f[F.VMCS_LINK_POINTER] != INVALID_POINTER:
+            self._activate(f[F.VMCS_LINK_POINTER])  # the shadow VMCS becomes active (§25.10)
+        info = f[F.VM_ENTRY_INTR_INFO_FIELD]
+        self.pending_injection = (
+            (info, f[F.VM_ENTRY_EXCEPTION_ERROR_CODE], f[F.VM_ENTRY_INSTRUCTION_LEN])
+            if info & INTR_INFO_VALID
+            else None
+        )
+        return None
+
+    def _entry_failure(self, vmcs: VmcsData, reason: ExitReason, qualification: int) -> VmExit:
+        """SDM §27.8: load host state as a VM exit would; the launch state stays as it was."""
+        exit = VmExit(reason=EXIT_REASON_FAILED_VMENTRY | reason, qualification=qualification)
+        write_exit_information(vmcs.fields, exit)
+        load_host_state(vmcs.fields, self.state)
+        return exit
+
+    def invept(self, type_: int, descriptor: bytes) -> int:
+        self._root_prechecks()
+        return self._invept(type_, descriptor)
+
+    def _invept_supported(self) -> bool:
+        return self.model.allows(ControlKind.SECONDARY, SecondaryCtls.ENABLE_EPT) and bool(
+            self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & EPT_CAP_INVEPT
+        )
+
+    def _invept(self, type_: int, descriptor: bytes) -> int:
+        cap = self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0)
+        if type_ not in _INVEPT_TYPES or not cap & _INVEPT_TYPES[type_]:
+            return self._vmfail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+        eptp = int.from_bytes(descriptor[:8], "little")
+        if type_ == 1 and not vmentry.eptp_valid(self.model, eptp):
+            return self._vmfail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+        self.events["invept"] += 1
+        self.on_invalidate("ept", type_, eptp if type_ == 1 else None)
+        return self._set_status(VM_SUCCEED)
+
+    def invvpid(self, type_: int, descriptor: bytes) -> int:
+        self._root_prechecks()
+        return self._invvpid(type_, descriptor)
+
+    def _invvpid(self, type_: int, descriptor: bytes) -> int:
+        cap = self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0)
+        low, address = int.from_bytes(descriptor[:8], "little"), int.from_bytes(descriptor[8:16], "little")
+        vpid = low & 0xFFFF
+        if (
+            type_ not in _INVVPID_TYPES
+            or not cap & _INVVPID_TYPES[type_]
+            or low >> 16
+            or (type_ != 2 and vpid == 0)
+            or (type_ == 0 and not canonical(address))
+        ):
+            return self._vmfail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+        self.events["invvpid"] += 1
+        self.on_invalidate("vpid", type_, vpid if type_ != 2 else None)
+        return self._set_status(VM_SUCCEED)
+
+    # ----------------------------------------------------------- VM exits
+
+    def vm_exit(self, exit: VmExit) -> VmExit:
+        """Deliver a VM exit from non-root operation (SDM ch. 28) and return it."""
+        vmcs = self.current
+        assert self.non_root and vmcs is not None, "VM exit outside non-root operation"
+        f = vmcs.fields
+        write_exit_information(f, exit)
+        save_guest_state(f, self.state)
+        vmentry.store_msrs(self.memory, f[F.VM_EXIT_MSR_STORE_ADDR], f[F.VM_EXIT_MSR_STORE_COUNT], self.state)
+        load_host_state(f, self.state)
+        vmentry.load_msrs(self.memory, f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT], self.state)
+        self.non_root = False
+        self.pending_injection = None
+        self.events["vmexit"] += 1
+        return exit
+
+    def _shadowing_enabled(self, f: dict[int, int]) -> bool:
+        return bool(
+            f[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
+            and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & SecondaryCtls.SHADOW_VMCS
+        )
+
+    # ------------------------------------------------ decoded instructions
+
+    def execute(self, instr: VmxInstruction, memory: LinearMemory) -> VmExit | None:
+        """Execute a decoded VMX instruction at state.rip.
+
+        Returns the VM exit it caused in non-root operation, else None (RIP then points past it).
+        Raises X86Exception for #UD/#GP/#PF, with no other effect.
+        """
+        s = self.state
+        if instr.op is VmxOp.VMXON and (instr.mem is None or not s.cr4 & CR4_VMXE):
+            raise X86Exception(Vector.UD)
+        if instr.op in (VmxOp.VMCLEAR, VmxOp.VMPTRLD, VmxOp.VMPTRST, VmxOp.INVEPT, VmxOp.INVVPID) and instr.mem is None:
+            raise X86Exception(Vector.UD)
+        if self.non_root:
+            if instr.op is not VmxOp.VMCALL:
+                self._ud_unless_vmx_capable_mode()
+            if instr.op in (VmxOp.VMREAD, VmxOp.VMWRITE) and not self._vmread_vmwrite_exits(instr):
+                return self._shadow_access(instr, memory)
+            return self.vm_exit(
+                VmExit(
+                    reason=instr.op.exit_reason,
+                    qualification=instr.exit_qualification(s.rip + instr.length),
+                    instruction_length=instr.length,
+                    instruction_info=instr.instruction_info(),
+                )
+            )
+        rip = s.rip
+        result = self._execute_root(instr, memory)
+        if isinstance(result, int):  # completed with a status: continue with the next instruction
+            s.rip = rip + instr.length
+            return None
+        return result  # VM entry (None: the guest runs) or VM-entry failure (host state loaded)
+
+    def _execute_root(self, instr: VmxInstruction, memory: LinearMemory) -> int | VmExit | None:
+        op, s = instr.op, self.state
+        if op is VmxOp.VMCALL:
+            if not self.vmx_operation:
+                raise X86Exception(Vector.UD)
+            self._ud_unless_vmx_capable_mode()
+            if s.cpl > 0:
+                raise X86Exception(Vector.GP, 0)
+            # No SMM dual-monitor treatment is modelled: VMCALL in root operation is VMfail(1).
+            return self._vmfail(VmxError.VMCALL_IN_VMX_ROOT_OPERATION)
+        if op is VmxOp.VMXON:
+            self._ud_unless_vmx_capable_mode()
+            if self.vmx_operation:
+                return self.vmxon(0)  # the pointer is not read in VMX operation
+            return self.vmxon(self._read_operand(instr, memory, 8))
+        if op in (VmxOp.INVEPT, VmxOp.INVVPID):
+            supported = self._invept_supported() if op is VmxOp.INVEPT else self._invvpid_supported()
+            if not supported:
+                raise X86Exception(Vector.UD)
+        self._root_prechecks()
+        op64 = s.in_64bit_mode
+        if op is VmxOp.VMXOFF:
+            return self.vmxoff()
+        if op is VmxOp.VMCLEAR:
+            return self._vmclear(self._read_operand(instr, memory, 8))
+        if op is VmxOp.VMPTRLD:
+            return self._vmptrld(self._read_operand(instr, memory, 8))
+        if op is VmxOp.VMPTRST:
+            self._write_operand(instr, memory, self.current_vmcs, 8)
+            return self._set_status(VM_SUCCEED)
+        if op is VmxOp.VMREAD:
+            return self._vmread_instr(self.current, instr, memory, op64)
+        if op is VmxOp.VMWRITE:
+            return self._vmwrite_instr(self.current, instr, memory, op64)
+        if op in (VmxOp.VMLAUNCH, VmxOp.VMRESUME):
+            return self._vmentry(launch=op is VmxOp.VMLAUNCH)
+        type_ = self._reg(instr.reg, op64)
+        descriptor = memory.read(self._linear_address(instr.mem, instr.length), 16)
+        return self._invept(type_, descriptor) if op is VmxOp.INVEPT else self._invvpid(type_, descriptor)
+
+    def _invvpid_supported(self) -> bool:
+        return self.model.allows(ControlKind.SECONDARY, SecondaryCtls.ENABLE_VPID) and bool(
+            self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & VPID_CAP_INVVPID
+        )
+
+    def _vmread_vmwrite_exits(self, instr: VmxInstruction) -> bool:
+        """SDM §26.1.3: exit unless shadowing is on, the encoding fits 15 bits and its bitmap bit is 0."""
+        f = self.current.fields
+        if not self._shadowing_enabled(f):
+            return True
+        encoding = self._reg(instr.reg, self.state.in_64bit_mode)
+        if encoding >> 15:
+            return True
+        bitmap = f[F.VMREAD_BITMAP if instr.op is VmxOp.VMREAD else F.VMWRITE_BITMAP]
+        return bool(self.memory.read_bus(bitmap + (encoding >> 3), 1) >> (encoding & 7) & 1)
+
+    def _shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> None:
+        """VMREAD/VMWRITE served from the VMCS the link pointer references (SDM §26.10)."""
+        s = self.state
+        if s.cpl > 0:
+            raise X86Exception(Vector.GP, 0)
+        link = self.current.fields[F.VMCS_LINK_POINTER]
+        shadow = self.active_vmcs.get(link) if link != INVALID_POINTER else None
+        op64 = s.in_64bit_mode
+        if instr.op is VmxOp.VMREAD:
+            self._vmread_instr(shadow, instr, memory, op64, shadow=True)
+        else:
+            self._vmwrite_instr(shadow, instr, memory, op64, shadow=True)
+        s.rip += instr.length
+
+    def _vmread_instr(
+        self, vmcs: VmcsData | None, instr: VmxInstruction, memory: LinearMemory, op64: bool, shadow: bool = False
+    ) -> int:
+        status, value = self._vmread_lookup(vmcs, self._reg(instr.reg, op64), op64)
+        if status == VM_SUCCEED:
+            # The destination is written last: a fault there leaves flags and VMCS untouched.
+            if instr.mem is None:
+                self._set_reg(instr.rm_reg, value, op64)
+            else:
+                self._write_operand(instr, memory, value, 8 if op64 else 4)
+            self.events["shadow_vmread" if shadow else "vmread"] += 1
+        return self._set_status(status)
+
+    def _vmwrite_instr(
+        self, vmcs: VmcsData | None, instr: VmxInstruction, memory: LinearMemory, op64: bool, shadow: bool = False
+    ) -> int:
+        encoding = self._reg(instr.reg, op64)
+        if vmcs is None:
+            return self._set_status(VM_FAIL_INVALID)
+        if instr.mem is None:
+            value = self._reg(instr.rm_reg, op64)
+        else:
+            value = int.from_bytes(
+                memory.read(self._linear_address(instr.mem, instr.length), 8 if op64 else 4), "little"
+            )
+        return self._vmwrite(vmcs, encoding, value, op64, shadow)
+
+    # ------------------------------------------------------------ operands
+
+    def _reg(self, number: int | None, op64: bool) -> int:
+        value = self.state.gpr[number or 0]
+        return value if op64 else value & 0xFFFF_FFFF
+
+    def _set_reg(self, number: int | None, value: int, op64: bool) -> None:
+        # A 32-bit destination register is zero-extended in 64-bit mode; outside it, 32 bits.
+        self.state.gpr[number or 0] = value if op64 else value & 0xFFFF_FFFF
+
+    def _linear_address(self, mem: MemOperand | None, length: int) -> int:
+        """Effective address + segment base, with the 64-bit canonical check (SDM Vol. 1 §3.7.5)."""
+        assert mem is not None
+        s = self.state
+        address = mem.displacement
+        if mem.base is not None:
+            address += s.gpr[mem.base]
+        if mem.index is not None:
+            address += s.gpr[mem.index] << mem.scale
+        if mem.rip_relative:
+            address += s.rip + length
+        address &= (1 << mem.address_size) - 1
+        if s.in_64bit_mode:
+            if mem.segment in (Seg.FS, Seg.GS):
+                address = (address + s.segs[mem.segment].base) & 0xFFFF_FFFF_FFFF_FFFF
+            if not canonical(address):
+                raise X86Exception(Vector.SS if mem.segment == Seg.SS else Vector.GP, 0)
+            return address
+        seg = s.segs[mem.segment]
+        if seg.unusable:
+            raise X86Exception(Vector.SS if mem.segment == Seg.SS else Vector.GP, 0)
+        return (seg.base + address) & 0xFFFF_FFFF
+
+    def _read_operand(self, instr: VmxInstruction, memory: LinearMemory, size: int) -> int:
+        data = memory.read(self._linear_address(instr.mem, instr.length), size)
+        return int.from_bytes(data, "little")
+
+    def _write_operand(self, instr: VmxInstruction, memory: LinearMemory, value: int, size: int) -> None:
+        memory.write(
+            self._linear_address(instr.mem, instr.length), (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        )

@@ -1,0 +1,166 @@
+"""VM exits (SDM Vol. 3C chapter 28): exit information, saving guest state, loading host state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls
+from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, exit_reason_name
+from nestvmx.arch.fields import Field as F
+from nestvmx.hw.state import (
+    AR_DB,
+    AR_G,
+    AR_L,
+    AR_P,
+    AR_S,
+    AR_UNUSABLE,
+    CR4_PAE,
+    EFER_LMA,
+    EFER_LME,
+    RFLAGS_FIXED,
+    CpuState,
+    Seg,
+    Segment,
+)
+
+GUEST_SEGMENT_FIELDS = (  # selector, base, limit, access rights of ES, CS, SS, DS, FS, GS, LDTR, TR
+    (F.GUEST_ES_SELECTOR, F.GUEST_ES_BASE, F.GUEST_ES_LIMIT, F.GUEST_ES_AR_BYTES),
+    (F.GUEST_CS_SELECTOR, F.GUEST_CS_BASE, F.GUEST_CS_LIMIT, F.GUEST_CS_AR_BYTES),
+    (F.GUEST_SS_SELECTOR, F.GUEST_SS_BASE, F.GUEST_SS_LIMIT, F.GUEST_SS_AR_BYTES),
+    (F.GUEST_DS_SELECTOR, F.GUEST_DS_BASE, F.GUEST_DS_LIMIT, F.GUEST_DS_AR_BYTES),
+    (F.GUEST_FS_SELECTOR, F.GUEST_FS_BASE, F.GUEST_FS_LIMIT, F.GUEST_FS_AR_BYTES),
+    (F.GUEST_GS_SELECTOR, F.GUEST_GS_BASE, F.GUEST_GS_LIMIT, F.GUEST_GS_AR_BYTES),
+    (F.GUEST_LDTR_SELECTOR, F.GUEST_LDTR_BASE, F.GUEST_LDTR_LIMIT, F.GUEST_LDTR_AR_BYTES),
+    (F.GUEST_TR_SELECTOR, F.GUEST_TR_BASE, F.GUEST_TR_LIMIT, F.GUEST_TR_AR_BYTES),
+)
+
+
+@dataclass(frozen=True)
+class VmExit:
+    """One VM exit as the processor reports it in the VM-exit information fields."""
+
+    reason: int  # the exit-reason field: basic reason in 15:0, bit 31 = VM-entry failure
+    qualification: int = 0
+    instruction_length: int = 0
+    instruction_info: int = 0
+    intr_info: int = 0
+    intr_error_code: int = 0
+    idt_vectoring_info: int = 0
+    idt_vectoring_error_code: int = 0
+    guest_linear_address: int = 0
+    guest_physical_address: int = 0
+
+    @property
+    def basic_reason(self) -> int:
+        return self.reason & 0xFFFF
+
+    @property
+    def entry_failure(self) -> bool:
+        return bool(self.reason & EXIT_REASON_FAILED_VMENTRY)
+
+    def __str__(self) -> str:
+        name = exit_reason_name(self.basic_reason)
+        failed = " (VM-entry failure)" if self.entry_failure else ""
+        return f"{name}{failed} qual={self.qualification:#x} len={self.instruction_length}"
+
+
+def write_exit_information(fields: dict[int, int], exit: VmExit) -> None:
+    """SDM §28.2: record the exit information fields."""
+    fields[F.VM_EXIT_REASON] = exit.reason
+    fields[F.EXIT_QUALIFICATION] = exit.qualification
+    if exit.entry_failure:
+        return  # §27.8: only the exit reason and qualification are written
+    fields[F.VM_EXIT_INTR_INFO] = exit.intr_info
+    fields[F.VM_EXIT_INTR_ERROR_CODE] = exit.intr_error_code
+    fields[F.IDT_VECTORING_INFO_FIELD] = exit.idt_vectoring_info
+    fields[F.IDT_VECTORING_ERROR_CODE] = exit.idt_vectoring_error_code
+    fields[F.VM_EXIT_INSTRUCTION_LEN] = exit.instruction_length
+    fields[F.VMX_INSTRUCTION_INFO] = exit.instruction_info
+    fields[F.GUEST_LINEAR_ADDRESS] = exit.guest_linear_address
+    if F.GUEST_PHYSICAL_ADDRESS in fields:
+        fields[F.GUEST_PHYSICAL_ADDRESS] = exit.guest_physical_address
+    # Every VM exit clears the valid bit of the VM-entry interruption information (§28.2.5).
+    fields[F.VM_ENTRY_INTR_INFO_FIELD] &= ~INTR_INFO_VALID
+
+
+def save_guest_state(fields: dict[int, int], s: CpuState) -> None:
+    """SDM §28.3: guest registers and non-register state into the VMCS."""
+    fields[F.GUEST_CR0] = s.cr0
+    fields[F.GUEST_CR3] = s.cr3
+    fields[F.GUEST_CR4] = s.cr4
+    fields[F.GUEST_RSP] = s.rsp
+    fields[F.GUEST_RIP] = s.rip
+    fields[F.GUEST_RFLAGS] = s.rflags
+    for seg, (sel, base, limit, ar) in zip(s.segs, GUEST_SEGMENT_FIELDS):
+        fields[sel], fields[base], fields[limit], fields[ar] = seg.selector, seg.base, seg.limit, seg.ar
+    fields[F.GUEST_GDTR_BASE], fields[F.GUEST_GDTR_LIMIT] = s.gdtr_base, s.gdtr_limit
+    fields[F.GUEST_IDTR_BASE], fields[F.GUEST_IDTR_LIMIT] = s.idtr_base, s.idtr_limit
+    fields[F.GUEST_SYSENTER_CS] = s.sysenter_cs
+    fields[F.GUEST_SYSENTER_ESP] = s.sysenter_esp
+    fields[F.GUEST_SYSENTER_EIP] = s.sysenter_eip
+    exit_ctls = fields[F.VM_EXIT_CONTROLS]
+    if exit_ctls & ExitCtls.SAVE_DEBUG_CONTROLS:
+        fields[F.GUEST_DR7] = s.dr7
+        fields[F.GUEST_IA32_DEBUGCTL] = s.debugctl
+    if exit_ctls & ExitCtls.SAVE_PAT:
+        fields[F.GUEST_IA32_PAT] = s.pat
+    if exit_ctls & ExitCtls.SAVE_EFER:
+        fields[F.GUEST_IA32_EFER] = s.efer
+    fields[F.GUEST_ACTIVITY_STATE] = s.activity_state
+    fields[F.GUEST_INTERRUPTIBILITY_INFO] = s.interruptibility
+    fields[F.GUEST_PENDING_DBG_EXCEPTIONS] = s.pending_dbg_exceptions
+    # The "IA-32e mode guest" entry control receives IA32_EFER.LMA (§28.2.5).
+    if s.efer & EFER_LMA:
+        fields[F.VM_ENTRY_CONTROLS] |= EntryCtls.IA32E_MODE_GUEST
+    else:
+        fields[F.VM_ENTRY_CONTROLS] &= ~EntryCtls.IA32E_MODE_GUEST
+
+
+def load_host_state(fields: dict[int, int], s: CpuState) -> None:
+    """SDM §28.5: processor state from the host-state area; RFLAGS is cleared but for bit 1."""
+    exit_ctls = fields[F.VM_EXIT_CONTROLS]
+    long_mode = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
+    s.cr0 = fields[F.HOST_CR0]
+    s.cr3 = fields[F.HOST_CR3]
+    s.cr4 = fields[F.HOST_CR4] | (CR4_PAE if long_mode else 0)
+    s.dr7 = 0x400
+    s.debugctl = 0
+    s.sysenter_cs = fields[F.HOST_IA32_SYSENTER_CS]
+    s.sysenter_esp = fields[F.HOST_IA32_SYSENTER_ESP]
+    s.sysenter_eip = fields[F.HOST_IA32_SYSENTER_EIP]
+    if exit_ctls & ExitCtls.LOAD_PAT:
+        s.pat = fields[F.HOST_IA32_PAT]
+    if exit_ctls & ExitCtls.LOAD_EFER:
+        s.efer = fields[F.HOST_IA32_EFER]
+    elif long_mode:
+        s.efer |= EFER_LMA | EFER_LME
+    else:
+        s.efer &= ~(EFER_LMA | EFER_LME)
+    if exit_ctls & ExitCtls.LOAD_PERF_GLOBAL_CTRL:
+        s.perf_global_ctrl = fields[F.HOST_IA32_PERF_GLOBAL_CTRL]
+    code = 0xB | AR_S | AR_P | AR_G | (AR_L if long_mode else AR_DB)
+    s.segs[Seg.CS] = Segment(fields[F.HOST_CS_SELECTOR], 0, 0xFFFF_FFFF, code)
+    for seg, sel_field in (
+        (Seg.ES, F.HOST_ES_SELECTOR),
+        (Seg.SS, F.HOST_SS_SELECTOR),
+        (Seg.DS, F.HOST_DS_SELECTOR),
+        (Seg.FS, F.HOST_FS_SELECTOR),
+        (Seg.GS, F.HOST_GS_SELECTOR),
+    ):
+        selector = fields[sel_field]
+        unusable = selector == 0 and not (seg == Seg.SS and long_mode)
+        s.segs[seg] = Segment(
+            selector, 0, 0xFFFF_FFFF, 0x3 | AR_S | AR_P | AR_DB | AR_G | (AR_UNUSABLE if unusable else 0)
+        )
+    s.segs[Seg.FS].base = fields[F.HOST_FS_BASE]
+    s.segs[Seg.GS].base = fields[F.HOST_GS_BASE]
+    s.segs[Seg.LDTR] = Segment(0, 0, 0, AR_UNUSABLE)
+    s.segs[Seg.TR] = Segment(fields[F.HOST_TR_SELECTOR], fields[F.HOST_TR_BASE], 0x67, 0xB | AR_P)
+    s.gdtr_base, s.gdtr_limit = fields[F.HOST_GDTR_BASE], 0xFFFF
+    s.idtr_base, s.idtr_limit = fields[F.HOST_IDTR_BASE], 0xFFFF
+    s.rsp = fields[F.HOST_RSP]
+    s.rip = fields[F.HOST_RIP]
+    s.rflags = RFLAGS_FIXED
+    s.activity_state = 0
+    s.interruptibility = 0
+    s.pending_dbg_exceptions = 0
