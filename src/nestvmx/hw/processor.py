@@ -163,6 +163,14 @@ class LogicalProcessor:
 
     def vmxon(self, pointer: int) -> int:
         """SDM VMXON.  The #UD for CR4.VMXE = 0 replaces the 'outside VMX operation' one."""
+        status = self._vmxon_prechecks()
+        return status if status is not None else self._vmxon_pointer_checks(pointer)
+
+    def _vmxon_prechecks(self) -> int | None:
+        """#UD, #GP(0), and VMfail(15) in VMX operation; None when the pointer is to be used.
+
+        Outside VMX operation every #GP condition precedes the read of the m64 operand.
+        """
         s = self.state
         if not s.cr4 & CR4_VMXE:
             raise X86Exception(Vector.UD)
@@ -183,7 +191,7 @@ class LogicalProcessor:
             or not feature_control & FEATURE_CONTROL_VMXON_OUTSIDE_SMX
         ):
             raise X86Exception(Vector.GP, 0)
-        return self._vmxon_pointer_checks(pointer)
+        return None
 
     def _vmxon_pointer_checks(self, pointer: int) -> int:
         if not self._pointer_ok(pointer) or read_revision(self.memory, pointer) != self.model.revision_id:
@@ -374,9 +382,13 @@ class LogicalProcessor:
             self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & EPT_CAP_INVEPT
         )
 
+    def _inv_type_supported(self, op: VmxOp, type_: int) -> bool:
+        """Whether IA32_VMX_EPT_VPID_CAP reports the INVEPT/INVVPID type (checked before the descriptor is read)."""
+        types = _INVEPT_TYPES if op is VmxOp.INVEPT else _INVVPID_TYPES
+        return type_ in types and bool(self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & types[type_])
+
     def _invept(self, type_: int, descriptor: bytes) -> int:
-        cap = self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0)
-        if type_ not in _INVEPT_TYPES or not cap & _INVEPT_TYPES[type_]:
+        if not self._inv_type_supported(VmxOp.INVEPT, type_):
             return self._vmfail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
         eptp = int.from_bytes(descriptor[:8], "little")
         if type_ == 1 and not vmentry.eptp_valid(self.model, eptp):
@@ -390,12 +402,10 @@ class LogicalProcessor:
         return self._invvpid(type_, descriptor)
 
     def _invvpid(self, type_: int, descriptor: bytes) -> int:
-        cap = self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0)
         low, address = int.from_bytes(descriptor[:8], "little"), int.from_bytes(descriptor[8:16], "little")
         vpid = low & 0xFFFF
         if (
-            type_ not in _INVVPID_TYPES
-            or not cap & _INVVPID_TYPES[type_]
+            not self._inv_type_supported(VmxOp.INVVPID, type_)
             or low >> 16
             or (type_ != 2 and vpid == 0)
             or (type_ == 0 and not canonical(address))
@@ -472,10 +482,10 @@ class LogicalProcessor:
             # No SMM dual-monitor treatment is modelled: VMCALL in root operation is VMfail(1).
             return self._vmfail(VmxError.VMCALL_IN_VMX_ROOT_OPERATION)
         if op is VmxOp.VMXON:
-            self._ud_unless_vmx_capable_mode()
-            if self.vmx_operation:
-                return self.vmxon(0)  # the pointer is not read in VMX operation
-            return self.vmxon(self._read_operand(instr, memory, 8))
+            status = self._vmxon_prechecks()
+            if status is not None:
+                return status  # the pointer is not read in VMX operation
+            return self._vmxon_pointer_checks(self._read_operand(instr, memory, 8))
         if op in (VmxOp.INVEPT, VmxOp.INVVPID):
             supported = self._invept_supported() if op is VmxOp.INVEPT else self._invvpid_supported()
             if not supported:
@@ -498,6 +508,8 @@ class LogicalProcessor:
         if op in (VmxOp.VMLAUNCH, VmxOp.VMRESUME):
             return self._vmentry(launch=op is VmxOp.VMLAUNCH)
         type_ = self._reg(instr.reg, op64)
+        if not self._inv_type_supported(op, type_):  # SDM: the type is checked before the descriptor is read
+            return self._vmfail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
         descriptor = memory.read(self._linear_address(instr.mem, instr.length), 16)
         return self._invept(type_, descriptor) if op is VmxOp.INVEPT else self._invvpid(type_, descriptor)
 
