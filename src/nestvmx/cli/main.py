@@ -6,6 +6,7 @@ import click
 
 from nestvmx import __version__
 from nestvmx.cli.fields import fields
+from nestvmx.cli.run import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,8 +15,10 @@ def main() -> None:
     """nestvmx: an executable model of Intel VMX nested virtualization with VMCS shadowing.
 
     \b
-    Exit status: 0 success, 1 the thing asked for does not exist, 2 bad usage.
+    Commands exit with 0 on success and 2 on bad usage; `nestvmx run --help`
+    lists the statuses of a run.
     """
 
 
 main.add_command(fields)
+main.add_command(run)

@@ -1,0 +1,103 @@
+"""`nestvmx run`: run a program as the L1 guest of the L0 hypervisor."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from nestvmx.engine.native import BuildError
+from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
+from nestvmx.kvm.host import Host, RunResult
+from nestvmx.kvm.loader import ProgramError
+from nestvmx.kvm.vmx import L0Bug
+
+STATUS_LIMIT = 124
+STATUS_CRASH = 125
+STATUS_CANNOT_RUN = 126
+STATUS_INTERNAL = 127
+
+
+def _address(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an address (e.g. 0x100000)") from None
+
+
+@click.command(epilog=f"""\b
+Exit status:
+  0-123  the program's own status: the low 8 bits written to port 0xF4
+  {STATUS_LIMIT}    a limit ended the run (--max-exits, --timeout)
+  {STATUS_CRASH}    the guest crashed (exception without an IDT, triple fault, ...)
+  {STATUS_CANNOT_RUN}    the program could not be built or loaded
+  {STATUS_INTERNAL}    an internal error of nestvmx
+  2      bad usage""")
+@click.argument("program", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--load-address", default="0x100000", show_default=True, help="Where a flat binary is loaded.")
+@click.option("--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="Guest memory in MiB.")
+@click.option("--cpu", type=click.Choice(sorted(CPU_MODELS)), default=DEFAULT_CPU_MODEL, show_default=True,
+              help="Processor model.")
+@click.option("--shadow-vmcs/--no-shadow-vmcs", default=None,
+              help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).")
+@click.option("--max-exits", type=click.IntRange(1), help="Stop after this many L0 exits (outcome 'limit').")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
+@click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Write the statistics here.")
+@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per VM exit here.")
+def run(program: Path, load_address: str, memory_mib: int, cpu: str, shadow_vmcs: bool | None,
+        max_exits: int | None, timeout: float | None, stats_json: Path | None, trace: Path | None) -> None:
+    """Run PROGRAM as the L1 guest of the L0 hypervisor.
+
+    PROGRAM is an ELF64 executable, a flat binary (loaded at --load-address and started at its
+    first byte) or a C / assembler source file, which is built for the platform first.  What the
+    program writes to port 0xE9 appears on standard output.
+    """
+    address = _address(load_address)
+    trace_file = None
+    try:
+        vm = Host(cpu, shadow_vmcs).create_vm(memory_mib=memory_mib)
+        vm.load(program, address)
+        if trace:
+            trace_file = trace.open("w")
+            vm.trace_sink = lambda line: trace_file.write(line + "\n")
+        vm.console_sink = _write_console
+        result = vm.run(max_exits=max_exits, timeout=timeout)
+    except (ProgramError, BuildError, ValueError) as err:
+        _fail(STATUS_CANNOT_RUN, str(err))
+    except OSError as err:
+        _fail(STATUS_CANNOT_RUN, f"{err.filename or ''}: {err.strerror}".strip(": "))
+    except L0Bug as err:
+        _fail(STATUS_INTERNAL, f"internal error: {err}")
+    finally:
+        if trace_file:
+            trace_file.close()
+    if stats_json:
+        _write_stats(stats_json, result)
+    sys.exit(_status(result))
+
+
+def _write_console(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _write_stats(path: Path, result: RunResult) -> None:
+    try:
+        path.write_text(json.dumps(result.stats, indent=2) + "\n")
+    except OSError as err:
+        _fail(STATUS_CANNOT_RUN, f"cannot write {path}: {err.strerror}")
+
+
+def _status(result: RunResult) -> int:
+    if result.outcome == "exit":
+        return result.status
+    click.echo(result.message, err=True)
+    return STATUS_LIMIT if result.outcome == "limit" else STATUS_CRASH
+
+
+def _fail(status: int, message: str) -> None:
+    click.echo(f"nestvmx: {message}", err=True)
+    sys.exit(status)

@@ -1,0 +1,563 @@
+"""Running the guest of the current VMCS on Unicorn until a VM exit.
+
+The processor model (hw) owns the VMX state; the engine is the part of the processor that
+executes guest instructions.  `Engine.run()` enters with the processor in non-root operation,
+runs guest code and returns the structured `VmExit` after `LogicalProcessor.vm_exit` has
+recorded it in the VMCS and loaded host state.
+
+Exit conditions and how they are caught (Unicorn 2.1.4; see shared/reference/ecosystem-style.md):
+- CPUID, IN/OUT/INS/OUTS: Unicorn's instruction hooks;
+- VMX instructions (which Unicorn does not know): the invalid-instruction hook, then our decoder;
+- RDMSR/WRMSR and control-register accesses, which Unicorn would execute silently: each newly
+  translated block is decoded (iced-x86) and a code hook is placed on those instructions, which
+  stops the guest before they execute;
+- exceptions: the interrupt hook; each goes through the exception bitmap and otherwise through
+  the guest's IDT (delivery.py);
+- HLT: emu_start returns after it;
+- EPT violations: guest-physical memory is mapped from host memory per EPT; an access Unicorn
+  finds unmapped or forbidden is an EPT violation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+import iced_x86
+from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
+from unicorn import unicorn_const as UC
+from unicorn import x86_const as X
+from unicorn.unicorn_py3 import unicorn as _ucmod
+
+from nestvmx.arch.controls import INTR_INFO_DELIVER_ERROR_CODE, INTR_INFO_VALID, InterruptionType
+from nestvmx.arch.controls import PrimaryCtls as P
+from nestvmx.arch.controls import SecondaryCtls as S
+from nestvmx.arch.exit_reasons import ExitReason
+from nestvmx.arch.fields import Field as F
+from nestvmx.engine import ept as ept_mod
+from nestvmx.engine.delivery import Event, TripleFault, deliver
+from nestvmx.engine.guest_memory import GuestMemory
+from nestvmx.engine.native import counter_library
+from nestvmx.engine.uc_state import descriptor_segment, load_into_unicorn, save_from_unicorn
+from nestvmx.engine.vmx_decode import decode_vmx
+from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
+from nestvmx.hw.processor import LogicalProcessor
+from nestvmx.hw.state import CpuState, Segment
+from nestvmx.hw.vmexit import VmExit
+
+_CODE_HOOK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+_M = iced_x86.Mnemonic
+_IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
+_STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
+# Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
+# before them): code hooks stop the guest in front of each.
+_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, *_IO}
+_MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR,
+                 iced_x86.Code.MOV_CR_R32}
+_CR_NUMBER = {iced_x86.Register.CR0: 0, iced_x86.Register.CR3: 3, iced_x86.Register.CR4: 4, iced_x86.Register.CR8: 8}
+_ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
+_ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
+_CR0_TS = 1 << 3
+
+
+# Unicorn never delivers exceptions, so QEMU's record of the exception in progress is never
+# cleared and the next fault would wrongly become #DF or a silent shutdown.  It sits at this
+# offset of the saved CPU context of unicorn 2.1.4 (the pinned version); the engine clears it
+# before every run (tests/engine/test_engine.py fails if the offset is wrong).
+_OLD_EXCEPTION_OFFSET = 5536
+
+
+def _reset_exception_state(uc: Uc) -> None:
+    context = uc.context_save()
+    raw = (ctypes.c_char * context.size).from_address(ctypes.cast(context.context, ctypes.c_void_p).value)
+    raw[_OLD_EXCEPTION_OFFSET : _OLD_EXCEPTION_OFFSET + 4] = (-1).to_bytes(4, "little", signed=True)
+    uc.context_restore(context)
+
+
+class EngineError(Exception):
+    """The guest did something the model cannot continue from (not an architectural outcome)."""
+
+
+@dataclass
+class _Stop:
+    kind: str  # "cpuid", "io", "invalid", "exception", "special", "memory"
+    rip: int
+    data: dict = field(default_factory=dict)
+
+
+class GuestContext:
+    """One Unicorn instance per guest-physical address space (EPT pointer, or none)."""
+
+    def __init__(self, engine: Engine, eptp: int | None) -> None:
+        self.engine = engine
+        self.eptp = eptp
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.hooked: set[int] = set()
+        self.instructions = ctypes.c_uint64(0)
+        self._map_memory()
+        self._add_hooks()
+
+    def _map_memory(self) -> None:
+        e = self.engine
+        if self.eptp is None:
+            self.uc.mem_map_ptr(0, e.cpu.memory.size, UC.UC_PROT_ALL, e.host_ptr)
+            return
+        for run in ept_mod.merge_runs(ept_mod.ept_mappings(e.cpu.model, e.cpu.memory, self.eptp)):
+            if e.cpu.memory.contains(run.hpa, run.size):
+                self.uc.mem_map_ptr(run.gpa, run.size, run.perms, e.host_ptr + run.hpa)
+
+    def _add_hooks(self) -> None:
+        uc, e = self.uc, self.engine
+        uc.hook_add(UC.UC_HOOK_INSN, e._on_unscanned_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC.UC_HOOK_INSN_INVALID, e._on_invalid)
+        uc.hook_add(UC.UC_HOOK_INTR, e._on_interrupt)
+        uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED | UC.UC_HOOK_MEM_PROT, e._on_memory_fault)
+        uc.hook_add(UC.UC_HOOK_EDGE_GENERATED, e._on_new_block)
+        # Instruction counting with a C callback (see native.py).
+        lib = counter_library()
+        fn = ctypes.cast(lib.nestvmx_count_insn, ctypes.c_void_p)
+        handle = ctypes.c_size_t()
+        rc = _ucmod.uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC.UC_HOOK_CODE, fn,
+                                      ctypes.cast(ctypes.pointer(self.instructions), ctypes.c_void_p),
+                                      ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if rc:
+            raise EngineError(f"cannot install the instruction counter (unicorn error {rc})")
+
+    def hook_special(self, address: int) -> None:
+        if address not in self.hooked:
+            self.hooked.add(address)
+            self.uc.hook_add(UC.UC_HOOK_CODE, self.engine._on_special, None, address, address)
+
+
+class Engine:
+    """Executes the guest of the processor's current VMCS."""
+
+    def __init__(self, cpu: LogicalProcessor) -> None:
+        self.cpu = cpu
+        self.host_ptr = ctypes.addressof(ctypes.c_char.from_buffer(cpu.memory.buffer))
+        self.contexts: dict[int | None, GuestContext] = {}
+        self.ctx: GuestContext | None = None
+        self.stop: _Stop | None = None
+        self.skip_special: int | None = None
+        self.cr2_before_run = 0
+        cpu.on_invalidate = self._on_invalidate
+
+    # ------------------------------------------------------------ public
+
+    def instructions(self, eptp: int | None) -> int:
+        ctx = self.contexts.get(eptp)
+        return ctx.instructions.value if ctx else 0
+
+    def flush_code(self) -> None:
+        """Host memory changed behind the guests' backs (e.g. loading a program): drop translations."""
+        for ctx in self.contexts.values():
+            ctx.uc.ctl_flush_tb()
+
+    def guest_memory(self) -> GuestMemory:
+        return GuestMemory(self.cpu.model, self.cpu.memory, self.cpu.state, self._eptp())
+
+    def run(self) -> VmExit:
+        """Run guest code from the current state until a VM exit; return it."""
+        cpu = self.cpu
+        if not cpu.non_root:
+            raise EngineError("run() needs a guest: VMLAUNCH/VMRESUME first")
+        ctx = self.ctx = self._context(self._eptp())
+        if cpu.pending_injection:
+            exit = self._inject(cpu.pending_injection)
+            cpu.pending_injection = None
+            if exit:
+                return exit
+        while True:
+            load_into_unicorn(ctx.uc, cpu.state)
+            _reset_exception_state(ctx.uc)
+            self.stop = None
+            self.cr2_before_run = cpu.state.cr2
+            self._scan(cpu.state.rip)
+            try:
+                ctx.uc.emu_start(cpu.state.rip, 0xFFFF_FFFF_FFFF_FFFF)
+            except UcError as err:
+                if self.stop is None:
+                    raise EngineError(f"emulation error at RIP {ctx.uc.reg_read(X.UC_X86_REG_RIP):#x}: {err}") from err
+            exit = self._after_stop()
+            if exit is not None:
+                return exit
+
+    # ------------------------------------------------------------ contexts
+
+    def _eptp(self) -> int | None:
+        f = self.cpu.current.fields
+        if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.ACTIVATE_SECONDARY_CONTROLS and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & S.ENABLE_EPT:
+            return f[F.EPT_POINTER]
+        return None
+
+    def _context(self, eptp: int | None) -> GuestContext:
+        ctx = self.contexts.get(eptp)
+        if ctx is None:
+            ctx = self.contexts[eptp] = GuestContext(self, eptp)
+        return ctx
+
+    def _on_invalidate(self, kind: str, type_: int, context: int | None) -> None:
+        """INVEPT: drop the translations (the Unicorn instance) of the named EPTP, or of all."""
+        if kind != "ept":
+            return  # VPID-tagged linear translations are not cached across exits by this model
+        for eptp in [k for k in self.contexts if k is not None and (context is None or k & ~0xFFF == context & ~0xFFF)]:
+            del self.contexts[eptp]
+
+    # ------------------------------------------------------------ hooks
+
+    def _halt(self, kind: str, rip: int, **data) -> None:
+        self.stop = _Stop(kind, rip, data)
+        self.ctx.uc.emu_stop()
+
+    def _on_unscanned_cpuid(self, uc: Uc, _ud) -> int:
+        # Every CPUID is caught by a code hook before it executes; reaching here is a model bug.
+        raise EngineError(f"CPUID at {uc.reg_read(X.UC_X86_REG_RIP):#x} escaped interception")
+
+    def _on_invalid(self, uc: Uc, _ud) -> bool:
+        self._halt("invalid", uc.reg_read(X.UC_X86_REG_RIP))
+        return True
+
+    def _on_interrupt(self, uc: Uc, vector: int, _ud) -> None:
+        if self.stop is None:
+            self._halt("exception", uc.reg_read(X.UC_X86_REG_RIP), vector=vector)
+
+    def _on_memory_fault(self, uc: Uc, access: int, address: int, size: int, value: int, _ud) -> bool:
+        if self.stop is None:
+            self._halt("memory", uc.reg_read(X.UC_X86_REG_RIP), access=access, address=address)
+        return False
+
+    def _on_special(self, uc: Uc, address: int, size: int, _ud) -> None:
+        if self.skip_special == address:
+            self.skip_special = None
+            return
+        self._halt("special", address)
+
+    def _on_new_block(self, uc: Uc, cur, prev, _ud) -> None:
+        # Hooks placed now miss this translation: stop before it runs and start again there.
+        if self._scan(cur.pc, cur.size) and self.stop is None:
+            self._halt("retranslate", cur.pc)
+
+    def _scan(self, pc: int, size: int = 64) -> bool:
+        """Place code hooks on the instructions Unicorn would execute without a VM exit; True if new."""
+        ctx = self.ctx
+        code = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp).fetch(pc, size)
+        found = False
+        for ins in iced_x86.Decoder(64, code, ip=pc):
+            if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES:
+                if ins.ip not in ctx.hooked:
+                    ctx.hook_special(ins.ip)
+                    found = True
+        if found:
+            ctx.uc.ctl_remove_cache(pc, pc + len(code))
+        return found
+
+    def _uc_paging_state(self) -> CpuState:
+        uc, s = self.ctx.uc, CpuState()
+        s.cr0, s.cr3, s.cr4 = uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4)
+        s.efer = uc.reg_read(X.UC_X86_REG_MSR, 0xC0000080)
+        s.segs[2] = Segment(0, 0, 0, 0x10093)  # supervisor fetches: the code bytes, not a privilege check
+        return s
+
+    # ------------------------------------------------------------ after a stop
+
+    def _save_state(self) -> None:
+        save_from_unicorn(self.ctx.uc, self.cpu.state, self.guest_memory().read)
+
+    def _after_stop(self) -> VmExit | None:
+        stop, cpu = self.stop, self.cpu
+        uc = self.ctx.uc
+        if stop is None:
+            return self._after_plain_return()
+        self._save_state()
+        cpu.state.rip = stop.rip
+        if stop.kind == "invalid":
+            return self._invalid_instruction(stop.rip)
+        if stop.kind == "exception":
+            return self._exception(stop.data["vector"])
+        if stop.kind == "special":
+            return self._special(stop.rip)
+        if stop.kind == "retranslate":
+            return None
+        return self._memory_fault(stop)
+
+    def _after_plain_return(self) -> VmExit | None:
+        """emu_start returned by itself: the guest executed HLT."""
+        self._save_state()
+        s = self.cpu.state
+        f = self.cpu.current.fields
+        if self.guest_memory().fetch(s.rip - 1, 1) != b"\xf4":
+            raise EngineError(f"guest stopped at RIP {s.rip:#x} for no known reason")
+        s.rip -= 1
+        if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.HLT_EXITING:
+            return self._exit(ExitReason.HLT, length=1)
+        raise EngineError(f"guest halted at RIP {s.rip:#x} with HLT exiting off: nothing can wake it")
+
+    def _exit(self, reason: int, length: int = 0, **info) -> VmExit:
+        return self.cpu.vm_exit(VmExit(reason=reason, instruction_length=length, **info))
+
+    # I/O (SDM §26.1.3 and Table 28-5)
+    def _io_instruction(self, ins) -> VmExit | None:
+        s = self.cpu.state
+        is_in = ins.mnemonic in (_M.IN, _M.INSB, _M.INSW, _M.INSD)
+        string = ins.mnemonic in _STRING_IO
+        immediate = iced_x86.OpKind.IMMEDIATE8 in (ins.op0_kind, ins.op1_kind)
+        port = ins.immediate8 if immediate else s.gpr[2] & 0xFFFF
+        if string:
+            size = _STRING_IO[ins.mnemonic]
+        else:
+            data_reg = ins.op0_register if is_in else ins.op1_register
+            size = {iced_x86.Register.AL: 1, iced_x86.Register.AX: 2, iced_x86.Register.EAX: 4}[data_reg]
+        if not self._io_exits(port, size):
+            self.skip_special = ins.ip  # not intercepted: Unicorn executes it (no device answers)
+            return None
+        qualification = (size - 1) | int(is_in) << 3 | int(string) << 4 | int(ins.has_rep_prefix) << 5
+        qualification |= int(immediate) << 6 | port << 16
+        info = {}
+        if string:
+            info["guest_linear_address"] = s.gpr[7 if is_in else 6]
+            info["instruction_info"] = 2 << 7 | (0 if is_in else 3) << 15  # 64-bit address, ES or DS
+        return self._exit(ExitReason.IO_INSTRUCTION, length=ins.len, qualification=qualification, **info)
+
+    def _io_exits(self, port: int, size: int) -> bool:
+        f = self.cpu.current.fields
+        primary = f[F.CPU_BASED_VM_EXEC_CONTROL]
+        if not primary & P.USE_IO_BITMAPS:
+            return bool(primary & P.UNCOND_IO_EXITING)
+        for p in range(port, port + size):
+            if p > 0xFFFF:
+                return True
+            bitmap = f[F.IO_BITMAP_A] if p < 0x8000 else f[F.IO_BITMAP_B]
+            if self.cpu.memory.read_bus(bitmap + ((p & 0x7FFF) >> 3), 1) >> (p & 7) & 1:
+                return True
+        return False
+
+    # VMX instructions and #UD
+    def _invalid_instruction(self, rip: int) -> VmExit | None:
+        s = self.cpu.state
+        instr = decode_vmx(self.guest_memory().fetch(rip, 15), long_mode_64=s.in_64bit_mode)
+        if instr is None:
+            return self._exception(Vector.UD)
+        try:
+            return self.cpu.execute(instr, self.guest_memory())
+        except X86Exception as exc:
+            return self._exception(exc.vector, exc.error_code)
+        except ept_mod.EptFault as fault:
+            return self._ept_exit(fault, access=2, linear=None)
+
+    # RDMSR/WRMSR and control-register accesses (SDM §26.1.3)
+    def _special(self, rip: int) -> VmExit | None:
+        s, f = self.cpu.state, self.cpu.current.fields
+        code = self.guest_memory().fetch(rip, 15)
+        ins = next(iter(iced_x86.Decoder(64, code, ip=rip)))
+        if ins.mnemonic == _M.CPUID:
+            return self._exit(ExitReason.CPUID, length=ins.len)
+        if ins.mnemonic in _IO:
+            return self._io_instruction(ins)
+        if ins.mnemonic in (iced_x86.Mnemonic.RDMSR, iced_x86.Mnemonic.WRMSR):
+            write = ins.mnemonic == iced_x86.Mnemonic.WRMSR
+            if self._msr_exits(s.gpr[1] & 0xFFFF_FFFF, write):
+                return self._exit(ExitReason.WRMSR if write else ExitReason.RDMSR, length=2)
+            self.skip_special = rip  # let Unicorn execute it
+            return None
+        return self._cr_access(ins, f)
+
+    def _msr_exits(self, index: int, write: bool) -> bool:
+        f = self.cpu.current.fields
+        if not f[F.CPU_BASED_VM_EXEC_CONTROL] & P.USE_MSR_BITMAPS:
+            return True
+        if index <= 0x1FFF:
+            offset = 0
+        elif 0xC000_0000 <= index <= 0xC000_1FFF:
+            offset = 0x400
+        else:
+            return True
+        bit = index & 0x1FFF
+        byte = self.cpu.memory.read_bus(f[F.MSR_BITMAP] + offset + (0x800 if write else 0) + (bit >> 3), 1)
+        return bool(byte >> (bit & 7) & 1)
+
+    def _cr_access(self, ins, f: dict[int, int]) -> VmExit | None:
+        s = self.cpu.state
+        primary = f[F.CPU_BASED_VM_EXEC_CONTROL]
+        length = ins.len
+        if ins.mnemonic == iced_x86.Mnemonic.CLTS:
+            mask, shadow = f[F.CR0_GUEST_HOST_MASK], f[F.CR0_READ_SHADOW]
+            if mask & _CR0_TS and shadow & _CR0_TS:
+                return self._exit(ExitReason.CR_ACCESS, length=length, qualification=2 << 4)
+            if not mask & _CR0_TS:
+                s.cr0 &= ~_CR0_TS
+            s.rip += length
+            return None
+        if ins.mnemonic == iced_x86.Mnemonic.LMSW:
+            source = self._operand_value(ins, 0) & 0xFFFF
+            mask, shadow = f[F.CR0_GUEST_HOST_MASK] & 0xF, f[F.CR0_READ_SHADOW] & 0xF
+            if (source ^ shadow) & mask & 0xE or (mask & 1 and source & 1 and not shadow & 1):
+                memory = ins.op0_kind == iced_x86.OpKind.MEMORY
+                return self._exit(ExitReason.CR_ACCESS, length=length,
+                                  qualification=3 << 4 | int(memory) << 6 | source << 16)
+            source = (source & 0xF) | (s.cr0 & 1)  # LMSW cannot clear PE
+            s.cr0 = (s.cr0 & ~0xF) | (source & ~mask) | (s.cr0 & mask)
+            s.rip += length
+            return None
+        to_cr = ins.code in (iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_CR_R32)
+        cr = _CR_NUMBER.get(ins.op0_register if to_cr else ins.op1_register)
+        gpr_reg = ins.op1_register if to_cr else ins.op0_register
+        gpr = (_ICED_GPR64.index(gpr_reg) if gpr_reg in _ICED_GPR64 else _ICED_GPR32.index(gpr_reg))
+        if cr is None:
+            return self._exception(Vector.UD)
+        qualification = cr | (0 if to_cr else 1) << 4 | gpr << 8
+        if to_cr:
+            value = s.gpr[gpr]
+            if cr in (0, 4):
+                mask = f[F.CR0_GUEST_HOST_MASK if cr == 0 else F.CR4_GUEST_HOST_MASK]
+                shadow = f[F.CR0_READ_SHADOW if cr == 0 else F.CR4_READ_SHADOW]
+                if (value ^ shadow) & mask:
+                    return self._exit(ExitReason.CR_ACCESS, length=length, qualification=qualification)
+                if cr == 0:
+                    s.cr0 = (value & ~mask) | (s.cr0 & mask)
+                else:
+                    s.cr4 = (value & ~mask) | (s.cr4 & mask)
+                s.rip += length
+                return None
+            if cr == 3 and primary & P.CR3_LOAD_EXITING:
+                targets = [f[F.CR3_TARGET_VALUE0 + 2 * i] for i in range(min(f[F.CR3_TARGET_COUNT], 4))]
+                if value not in targets:
+                    return self._exit(ExitReason.CR_ACCESS, length=length, qualification=qualification)
+            if cr == 8 and primary & P.CR8_LOAD_EXITING:
+                return self._exit(ExitReason.CR_ACCESS, length=length, qualification=qualification)
+        else:
+            if cr in (0, 4):
+                mask = f[F.CR0_GUEST_HOST_MASK if cr == 0 else F.CR4_GUEST_HOST_MASK]
+                shadow = f[F.CR0_READ_SHADOW if cr == 0 else F.CR4_READ_SHADOW]
+                real = s.cr0 if cr == 0 else s.cr4
+                s.gpr[gpr] = (real & ~mask) | (shadow & mask)
+                s.rip += length
+                return None
+            if (cr == 3 and primary & P.CR3_STORE_EXITING) or (cr == 8 and primary & P.CR8_STORE_EXITING):
+                return self._exit(ExitReason.CR_ACCESS, length=length, qualification=qualification)
+        self.skip_special = ins.ip  # not intercepted: Unicorn executes it
+        return None
+
+    def _operand_value(self, ins, op: int) -> int:
+        kind = ins.op_kind(op)
+        if kind == iced_x86.OpKind.REGISTER:
+            reg = ins.op_register(op)
+            for table in (_ICED_GPR64, _ICED_GPR32):
+                if reg in table:
+                    return self.cpu.state.gpr[table.index(reg)]
+            return self.cpu.state.gpr[[iced_x86.Register.AX + i for i in range(16)].index(reg)]
+        address = iced_x86.InstructionInfoFactory().info(ins).used_memory()[0].virtual_address(
+            lambda reg, _i, _s: self.cpu.state.gpr[_ICED_GPR64.index(reg)] if reg in _ICED_GPR64 else 0
+        )
+        return int.from_bytes(self.guest_memory().read(address, 2), "little")
+
+    # Exceptions (SDM §26.2 exception bitmap; §27.6 / Vol. 3A §6.14 delivery)
+    def _exception(self, vector: int, error_code: int | None = None) -> VmExit | None:
+        s = self.cpu.state
+        software = False
+        if vector >= 32 or vector in (Vector.BP, Vector.OF):
+            software = True  # INT n / INT3 / INTO: trap-like, RIP is already past the instruction
+        if vector in ERROR_CODE_VECTORS and error_code is None:
+            error_code = self._error_code(vector)
+        f = self.cpu.current.fields
+        if vector < 32 and self._exception_exits(vector, error_code or 0, f):
+            kind = InterruptionType.SOFTWARE_EXCEPTION if software else InterruptionType.HARDWARE_EXCEPTION
+            info = vector | kind << 8 | INTR_INFO_VALID
+            if error_code is not None and vector in ERROR_CODE_VECTORS:
+                info |= INTR_INFO_DELIVER_ERROR_CODE
+            qualification = s.cr2 if vector == Vector.PF else 0
+            if vector == Vector.PF:
+                s.cr2 = self.cr2_before_run  # a #PF that exits leaves CR2 alone (SDM §27.1)
+            length = self._software_length() if software else 0
+            return self._exit(ExitReason.EXCEPTION_NMI, length=length, qualification=qualification,
+                              intr_info=info, intr_error_code=error_code or 0)
+        return self._deliver(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None, software))
+
+    def _software_length(self) -> int:
+        return 1 if self.guest_memory().fetch(self.cpu.state.rip - 1, 1) in (b"\xcc", b"\xce") else 2
+
+    def _exception_exits(self, vector: int, error_code: int, f: dict[int, int]) -> bool:
+        if vector == Vector.PF:
+            hit = error_code & f[F.PAGE_FAULT_ERROR_CODE_MASK] == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
+            return bool(f[F.EXCEPTION_BITMAP] >> 14 & 1) == hit
+        return bool(f[F.EXCEPTION_BITMAP] >> vector & 1)
+
+    def _error_code(self, vector: int) -> int:
+        """Unicorn does not pass error codes: rebuild the #PF one from a walk; others are 0."""
+        if vector != Vector.PF:
+            return 0
+        s = self.cpu.state
+        fetch = False
+        write = False
+        code = self.guest_memory().fetch(s.rip, 15)
+        if not code or (s.cr2 & ~0xFFF) in (s.rip & ~0xFFF, (s.rip + 14) & ~0xFFF) and len(code) < 15:
+            fetch = True
+        else:
+            ins = next(iter(iced_x86.Decoder(64, code, ip=s.rip)))
+            for mem in iced_x86.InstructionInfoFactory().info(ins).used_memory():
+                if mem.access in (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
+                                  iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE):
+                    write = True
+        return self.guest_memory().page_fault_error_code(s.cr2, write, fetch)
+
+    def _deliver(self, event: Event, vectoring: bool = False) -> VmExit | None:
+        memory = self.guest_memory()
+        try:
+            deliver(self.cpu.state, memory, event, self._code_segment)
+        except TripleFault:
+            return self._exit(ExitReason.TRIPLE_FAULT)
+        except ept_mod.EptFault as fault:
+            info = event.vector | (InterruptionType.HARDWARE_EXCEPTION << 8) | INTR_INFO_VALID
+            if event.error_code is not None:
+                info |= INTR_INFO_DELIVER_ERROR_CODE
+            return self._ept_exit(fault, access=2, linear=None, idt_vectoring_info=info,
+                                  idt_vectoring_error_code=event.error_code or 0)
+        return None
+
+    def _code_segment(self, selector: int) -> Segment | None:
+        s = self.cpu.state
+        if selector & ~7 == 0 or selector & 4 or (selector | 7) > s.gdtr_limit:
+            return None
+        raw = int.from_bytes(self.guest_memory().read(s.gdtr_base + (selector & ~7), 8), "little")
+        return descriptor_segment(selector, raw)
+
+    def _inject(self, injection: tuple[int, int, int]) -> VmExit | None:
+        """VM-entry event injection (SDM §27.6): delivered through the IDT, never the bitmap."""
+        info, error_code, length = injection
+        vector, kind = info & 0xFF, (info >> 8) & 7
+        software = kind in (InterruptionType.SOFTWARE_INTERRUPT, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+                            InterruptionType.SOFTWARE_EXCEPTION)
+        if software:
+            self.cpu.state.rip += length
+        event = Event(vector, error_code if info & INTR_INFO_DELIVER_ERROR_CODE else None,
+                      software and kind != InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION)
+        return self._deliver(event)
+
+    # EPT violations (SDM §29.3.3.2, Table 28-7)
+    def _memory_fault(self, stop: _Stop) -> VmExit | None:
+        access = stop.data["access"]
+        linear = stop.data["address"]
+        kind = {UC.UC_MEM_READ_UNMAPPED: 1, UC.UC_MEM_READ_PROT: 1, UC.UC_MEM_WRITE_UNMAPPED: 2,
+                UC.UC_MEM_WRITE_PROT: 2, UC.UC_MEM_FETCH_UNMAPPED: 4, UC.UC_MEM_FETCH_PROT: 4}.get(access, 1)
+        memory = self.guest_memory()
+        try:
+            gpa = memory.linear_to_gpa(linear, write=kind == 2, fetch=kind == 4)
+        except X86Exception as exc:
+            return self._exception(exc.vector, exc.error_code)
+        except ept_mod.EptFault as fault:
+            return self._ept_exit(fault, access=1, linear=linear, in_walk=True)
+        try:
+            memory.gpa_to_hpa(gpa, kind)
+        except ept_mod.EptFault as fault:
+            return self._ept_exit(fault, access=kind, linear=linear)
+        raise EngineError(f"guest-physical {gpa:#x} is mapped by EPT but not by the host (RIP {self.cpu.state.rip:#x})")
+
+    def _ept_exit(self, fault: ept_mod.EptFault, access: int, linear: int | None, in_walk: bool = False,
+                  **info) -> VmExit:
+        if fault.misconfig:
+            return self._exit(ExitReason.EPT_MISCONFIG, guest_physical_address=fault.gpa, **info)
+        qualification = access | fault.perms << 3
+        if linear is not None:
+            qualification |= 1 << 7 | (0 if in_walk else 1 << 8)
+        return self._exit(ExitReason.EPT_VIOLATION, qualification=qualification, guest_physical_address=fault.gpa,
+                          guest_linear_address=linear or 0, **info)
+

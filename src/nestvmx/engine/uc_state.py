@@ -1,0 +1,96 @@
+"""Moving a guest's processor state between the processor model (hw.state) and Unicorn.
+
+Unicorn loads the hidden part of CS/SS/DS/ES/FS/GS from the GDT when a selector is written,
+so on the way back the descriptor is read from the GDT too; TR and LDTR go with their hidden
+parts.  General-purpose registers stay in the register file across transitions (SDM §27.3).
+"""
+
+from __future__ import annotations
+
+from unicorn import Uc
+from unicorn import x86_const as X
+
+from nestvmx.arch.msr import Msr
+from nestvmx.hw.state import AR_UNUSABLE, CpuState, Seg, Segment
+
+GPR_IDS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+           X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+           X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+           X.UC_X86_REG_R15)
+_SEG_IDS = {Seg.ES: X.UC_X86_REG_ES, Seg.CS: X.UC_X86_REG_CS, Seg.SS: X.UC_X86_REG_SS, Seg.DS: X.UC_X86_REG_DS,
+            Seg.FS: X.UC_X86_REG_FS, Seg.GS: X.UC_X86_REG_GS}
+# MSRs that Unicorn models and that guest software reads back (beyond those in CpuState fields).
+_PASSTHROUGH_MSRS = (Msr.IA32_SYSENTER_CS, Msr.IA32_SYSENTER_ESP, Msr.IA32_SYSENTER_EIP, Msr.IA32_PAT,
+                     Msr.IA32_KERNEL_GS_BASE, 0xC0000081, 0xC0000082, 0xC0000084)  # STAR, LSTAR, FMASK
+
+
+def descriptor_segment(selector: int, raw: int) -> Segment:
+    """A segment register as loaded from an 8-byte GDT descriptor, in the VMCS format."""
+    if selector & ~3 == 0:
+        return Segment(selector, 0, 0, AR_UNUSABLE)
+    limit = (raw & 0xFFFF) | ((raw >> 32) & 0xF0000)
+    base = ((raw >> 16) & 0xFFFFFF) | ((raw >> 32) & 0xFF000000)
+    ar = (raw >> 40) & 0xF0FF
+    if ar & (1 << 15):
+        limit = (limit << 12) | 0xFFF
+    return Segment(selector, base, limit, ar)
+
+
+def load_into_unicorn(uc: Uc, s: CpuState) -> None:
+    """Make Unicorn's CPU the processor state `s` (VM entry)."""
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, s.gdtr_base, s.gdtr_limit, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, s.idtr_base, s.idtr_limit, 0))
+    uc.reg_write(X.UC_X86_REG_CR4, s.cr4)
+    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_EFER, s.efer))
+    uc.reg_write(X.UC_X86_REG_CR3, s.cr3)
+    uc.reg_write(X.UC_X86_REG_CR0, s.cr0)
+    uc.reg_write(X.UC_X86_REG_CR2, s.cr2)
+    for seg, reg in _SEG_IDS.items():
+        uc.reg_write(reg, s.segs[seg].selector)
+    for reg, seg in ((X.UC_X86_REG_LDTR, s.segs[Seg.LDTR]), (X.UC_X86_REG_TR, s.segs[Seg.TR])):
+        uc.reg_write(reg, (seg.selector, seg.base, seg.limit, (seg.ar & 0xF0FF) << 8))
+    uc.reg_write(X.UC_X86_REG_FS_BASE, s.segs[Seg.FS].base)
+    uc.reg_write(X.UC_X86_REG_GS_BASE, s.segs[Seg.GS].base)
+    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_SYSENTER_CS, s.sysenter_cs))
+    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_SYSENTER_ESP, s.sysenter_esp))
+    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_SYSENTER_EIP, s.sysenter_eip))
+    uc.reg_write(X.UC_X86_REG_DR7, s.dr7)
+    for index, value in s.msrs.items():
+        if index in _PASSTHROUGH_MSRS:
+            uc.reg_write(X.UC_X86_REG_MSR, (index, value))
+    for reg, value in zip(GPR_IDS, s.gpr, strict=True):
+        uc.reg_write(reg, value)
+    uc.reg_write(X.UC_X86_REG_RFLAGS, s.rflags)
+    uc.reg_write(X.UC_X86_REG_RIP, s.rip)
+
+
+def save_from_unicorn(uc: Uc, s: CpuState, read_linear) -> None:
+    """Copy Unicorn's CPU back into `s` (VM exit).  `read_linear(address, size)` reads the GDT."""
+    s.gpr[:] = [uc.reg_read(reg) for reg in GPR_IDS]
+    s.rip = uc.reg_read(X.UC_X86_REG_RIP)
+    s.rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
+    s.cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+    s.cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+    s.cr3 = uc.reg_read(X.UC_X86_REG_CR3)
+    s.cr4 = uc.reg_read(X.UC_X86_REG_CR4)
+    s.dr7 = uc.reg_read(X.UC_X86_REG_DR7)
+    s.efer = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_EFER)
+    _, s.gdtr_base, s.gdtr_limit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
+    _, s.idtr_base, s.idtr_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+    for seg, reg in _SEG_IDS.items():
+        selector = uc.reg_read(reg)
+        if selector == s.segs[seg].selector:
+            continue  # not reloaded: keep the hidden part the processor already has
+        raw = 0
+        if selector & ~7 and selector | 7 <= s.gdtr_limit and not selector & 4:
+            raw = int.from_bytes(read_linear(s.gdtr_base + (selector & ~7), 8), "little")
+        s.segs[seg] = descriptor_segment(selector, raw)
+    s.segs[Seg.FS].base = uc.reg_read(X.UC_X86_REG_FS_BASE)
+    s.segs[Seg.GS].base = uc.reg_read(X.UC_X86_REG_GS_BASE)
+    for reg, seg in ((X.UC_X86_REG_LDTR, Seg.LDTR), (X.UC_X86_REG_TR, Seg.TR)):
+        selector, base, limit, flags = uc.reg_read(reg)
+        ar = (flags >> 8) & 0xF0FF
+        s.segs[seg] = Segment(selector, base, limit, ar if ar & 0x80 else AR_UNUSABLE)
+    s.sysenter_cs = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_CS)
+    s.sysenter_esp = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_ESP)
+    s.sysenter_eip = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_EIP)

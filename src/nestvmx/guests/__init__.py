@@ -1,0 +1,1 @@
+"""Guest software: the freestanding support library, built-in programs and their build."""

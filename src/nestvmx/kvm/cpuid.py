@@ -1,0 +1,31 @@
+"""The CPUID L0 offers its guest (KVM's supported CPUID, reduced to what the model needs):
+a coherent Intel identity of the host model that advertises VMX (CPUID.1:ECX bit 5)."""
+
+from __future__ import annotations
+
+from nestvmx.hw.cpu_models import CpuModel
+
+# Family/model/stepping signatures (CPUID.1:EAX) of the modelled parts.
+_SIGNATURE = {"haswell": 0x000306C3, "sandybridge": 0x000206A7}
+_VENDOR = (0x756E6547, 0x6C65746E, 0x49656E69)  # "Genu" (EBX), "ntel" (ECX), "ineI" (EDX)
+_LEAF1_ECX = (1 << 0) | (1 << 5) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23)  # SSE3 VMX SSSE3 CX16 ...
+_LEAF1_EDX = 0x0789FBFF & ~(1 << 9)  # FPU..SSE2 without the on-chip APIC, which this platform does not have
+_EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 29)  # SYSCALL, NX, LM
+CPUID_FEATURE_VMX = 1 << 5
+
+
+def cpuid(model: CpuModel, leaf: int, subleaf: int, apic_id: int = 0) -> tuple[int, int, int, int]:
+    """(EAX, EBX, ECX, EDX) for CPUID with EAX = leaf, ECX = subleaf."""
+    if leaf == 0:
+        return 0xD, _VENDOR[0], _VENDOR[1], _VENDOR[2]
+    if leaf == 1:
+        return _SIGNATURE.get(model.name, 0x000306C3), apic_id << 24 | 1 << 16 | 8 << 8, _LEAF1_ECX, _LEAF1_EDX
+    if leaf == 0x8000_0000:
+        return 0x8000_0008, 0, 0, 0
+    if leaf == 0x8000_0001:
+        return 0, 0, 1, _EXT1_EDX
+    if leaf == 0x8000_0008:
+        return 48 << 8 | model.phys_addr_bits, 0, 0, 0
+    if leaf == 0xB:
+        return 0, 1 if subleaf == 0 else 0, subleaf & 0xFF | (1 << 8 if subleaf == 0 else 0), apic_id
+    return 0, 0, 0, 0

@@ -1,0 +1,87 @@
+"""The Python API of the design's contract: Host -> VM -> run result.
+
+The host plays the roles of the Linux host and its VMM (QEMU): it owns the processor model and
+L0, loads the program into guest memory, provides the platform ports and collects statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nestvmx.hw.cpu_models import DEFAULT_CPU_MODEL, get_cpu_model
+from nestvmx.kvm.loader import ProgramError, parse_program, read_program
+from nestvmx.kvm.platform import INITIAL_RSP, build_platform, initial_state
+from nestvmx.kvm.vmx import VmxVcpu
+
+MAX_MEMORY_MIB = 4096
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: str  # "exit" | "crash" | "limit"
+    status: int
+    console: str  # the bytes written to port 0xE9, one character per byte (latin-1)
+    message: str  # why a crash or limit ended the run ("" on a program exit)
+    stats: dict
+
+
+class Host:
+    """A machine with one processor model; `shadow_vmcs` is L0's enable_shadow_vmcs."""
+
+    def __init__(self, cpu: str = DEFAULT_CPU_MODEL, shadow_vmcs: bool | None = None) -> None:
+        self.model = get_cpu_model(cpu)
+        self.shadow_vmcs = self.model.has_vmcs_shadowing if shadow_vmcs is None else shadow_vmcs
+
+    def create_vm(self, memory_mib: int = 64, vcpus: int = 1) -> VM:
+        if not 1 <= memory_mib <= MAX_MEMORY_MIB:
+            raise ValueError(f"memory must be 1 to {MAX_MEMORY_MIB} MiB, not {memory_mib}")
+        if vcpus != 1:
+            raise ValueError("only one vCPU is supported so far")
+        return VM(self, memory_mib << 20)
+
+
+class VM:
+    def __init__(self, host: Host, memory_size: int) -> None:
+        self.host = host
+        self.memory_size = memory_size
+        self._console = bytearray()
+        self.console_sink = None  # called with each console byte string as it is written
+        self.trace_sink = None  # called with one trace line per VM exit
+        self.vcpu: VmxVcpu | None = None
+
+    def load(self, program: str | Path | bytes, address: int | None = None) -> None:
+        """Load an ELF64 executable, a flat binary (at `address`, default 1 MiB) or a guest source."""
+        if isinstance(program, bytes):
+            data = program
+        else:
+            path = Path(program)
+            if path.suffix in (".c", ".S", ".s"):
+                from nestvmx.guests.build import build_guest
+
+                path = build_guest([path])
+            data = read_program(path)
+        loaded = parse_program(data, address, self.memory_size)
+        self.vcpu = VmxVcpu(self.host.model, self.memory_size, self._write_console,
+                            lambda line: self.trace_sink and self.trace_sink(line))
+        build_platform(self.vcpu.memory, self.memory_size)
+        for segment_address, blob in loaded.segments:
+            self.vcpu.memory.write(segment_address, blob)
+        self.vcpu.setup(initial_state(loaded.entry, INITIAL_RSP))
+        self.vcpu.stats.shadow_enabled = False  # shadow VMCS support comes with nested VMX
+
+    def _write_console(self, data: bytes) -> None:
+        self._console += data
+        if self.console_sink:
+            self.console_sink(data)
+
+    def run(self, max_exits: int | None = None, timeout: float | None = None) -> RunResult:
+        if self.vcpu is None:
+            raise ProgramError("nothing to run: load a program first")
+        start = time.monotonic()
+        end = self.vcpu.run(max_exits, start + timeout if timeout else None)
+        wall = time.monotonic() - start
+        eptp = self.vcpu.eptp
+        stats = self.vcpu.stats.as_dict(end.outcome, end.status, self.vcpu.engine.instructions(eptp), 0, wall)
+        return RunResult(end.outcome, end.status, self._console.decode("latin-1"), end.message, stats)

@@ -1,0 +1,59 @@
+"""Counters of one run, and the statistics object of the design's contract."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nestvmx.arch.exit_reasons import exit_reason_name
+
+
+@dataclass
+class RunStats:
+    exits_from_l1: Counter[str] = field(default_factory=Counter)
+    exits_from_l2: Counter[str] = field(default_factory=Counter)
+    nested_vmentries: int = 0
+    nested_vmexits: int = 0
+    shadow_enabled: bool = False
+    shadow_vmread: int = 0
+    shadow_vmwrite: int = 0
+    copies_to_shadow: int = 0
+    copies_from_shadow: int = 0
+    fields_copied: int = 0
+    shadow_vmcs_allocated: int = 0
+    shadow_vmcs_live: int = 0
+
+    def count_exit(self, basic_reason: int, from_l2: bool) -> None:
+        (self.exits_from_l2 if from_l2 else self.exits_from_l1)[exit_reason_name(basic_reason)] += 1
+
+    @property
+    def total_exits(self) -> int:
+        return sum(self.exits_from_l1.values()) + sum(self.exits_from_l2.values())
+
+    def as_dict(self, outcome: str, status: int, instructions_l1: int, instructions_l2: int, wall: float) -> dict:
+        by_reason = self.exits_from_l1 + self.exits_from_l2
+        return {
+            "outcome": outcome,
+            "status": status,
+            "l0_exits": {
+                "total": self.total_exits,
+                "from_l1": sum(self.exits_from_l1.values()),
+                "from_l2": sum(self.exits_from_l2.values()),
+                "by_reason": dict(sorted(by_reason.items())),
+            },
+            "nested": {"vmentries": self.nested_vmentries, "vmexits": self.nested_vmexits},
+            "shadow": {
+                "enabled": self.shadow_enabled,
+                "vmread": self.shadow_vmread,
+                "vmwrite": self.shadow_vmwrite,
+                "copies_to_shadow": self.copies_to_shadow,
+                "copies_from_shadow": self.copies_from_shadow,
+                "fields_copied": self.fields_copied,
+                "vmcs_allocated": self.shadow_vmcs_allocated,
+                "vmcs_live": self.shadow_vmcs_live,
+            },
+            "instructions": {"l1": instructions_l1, "l2": instructions_l2},
+            "modeled_cycles": 0,  # the cost model comes with the measurement layer
+            "cost_model": "none",
+            "wall_seconds": round(wall, 6),
+        }

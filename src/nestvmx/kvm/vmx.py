@@ -1,0 +1,387 @@
+"""L0 as a single-level hypervisor: KVM's vmx.c for an ordinary guest.
+
+One vCPU runs its guest (L1) on vmcs01.  L0 touches vmcs01 only with the processor model's
+VMX instructions (VMPTRLD/VMREAD/VMWRITE/VMLAUNCH/VMRESUME) and learns about every exit only
+from the VM-exit information fields, as KVM does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nestvmx.arch.controls import (
+    INTR_INFO_DELIVER_ERROR_CODE,
+    INTR_INFO_VALID,
+    ControlKind,
+    EntryCtls,
+    ExitCtls,
+    InterruptionType,
+    PinBased,
+    PrimaryCtls,
+    SecondaryCtls,
+)
+from nestvmx.arch.exit_reasons import ExitReason, exit_reason_name
+from nestvmx.arch.fields import Field as F
+from nestvmx.arch.msr import FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMXON_OUTSIDE_SMX, Msr
+from nestvmx.engine.engine import Engine, EngineError
+from nestvmx.hw.cpu_models import CpuModel
+from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector
+from nestvmx.hw.memory import PhysicalMemory
+from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
+from nestvmx.hw.state import CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS
+from nestvmx.kvm.cpuid import cpuid
+from nestvmx.kvm.nested_caps import nested_vmx_msrs
+from nestvmx.kvm.stats import RunStats
+
+L0_AREA_SIZE = 1 << 20  # L0's private host memory above the guest's: VMXON region, VMCSs, EPT
+CONSOLE_PORT = 0xE9
+EXIT_PORT = 0xF4
+KVM_ENOSYS = 1000
+_HOST_RIP = 0xFFFF_FFFF_8100_0000  # where L0's VM-exit handler would be
+_CR0_HOST_OWNED = CR0_PE | CR0_NE | CR0_PG | CR0_NW | CR0_CD
+_CR4_HOST_OWNED = CR4_VMXE | CR4_PAE
+_EPT_MEMTYPE_WB, _EPT_WALK_4 = 6, 3 << 3
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    outcome: str  # "exit" | "crash" | "limit"
+    status: int
+    message: str = ""
+
+
+class L0Bug(Exception):
+    """L0 itself did something the processor refused: a bug in nestvmx, never the guest's fault."""
+
+
+class VmxVcpu:
+    """One vCPU of a VM, with its vmcs01."""
+
+    def __init__(self, model: CpuModel, guest_size: int, console: Callable[[bytes], None],
+                 trace: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.guest_size = guest_size
+        self.memory = PhysicalMemory(guest_size + L0_AREA_SIZE)
+        host = CpuState()
+        host.cr4 |= CR4_VMXE
+        self.cpu = LogicalProcessor(model, self.memory, host)
+        self.engine = Engine(self.cpu)
+        self.console = console
+        self.trace = trace
+        self.stats = RunStats()
+        self.regs = [0] * 16  # guest GPRs (KVM's vcpu->arch.regs), RSP excepted
+        self.cr2 = 0
+        self.nested_msrs = nested_vmx_msrs(model)
+        self._next_page = guest_size
+        self.vmxon_region = self._alloc_page()
+        self.vmcs01 = self._alloc_page()
+        self.eptp = self._build_ept01()
+        self.launched = False
+
+    # ------------------------------------------------------------ set-up
+
+    def _alloc_page(self) -> int:
+        page = self._next_page
+        self._next_page += 0x1000
+        if self._next_page > self.memory.size:
+            raise L0Bug("L0's private memory is exhausted")
+        return page
+
+    def _build_ept01(self) -> int:
+        """Identity EPT for guest memory with 2 MiB pages, read/write/execute, write-back."""
+        pml4, pdpt = self._alloc_page(), self._alloc_page()
+        self.memory.write_u(pml4, 8, pdpt | 7)
+        for gib in range((self.guest_size + (1 << 30) - 1) >> 30):
+            pd = self._alloc_page()
+            self.memory.write_u(pdpt + 8 * gib, 8, pd | 7)
+            for i in range(512):
+                address = (gib << 30) | (i << 21)
+                if address < self.guest_size:
+                    self.memory.write_u(pd + 8 * i, 8, address | 1 << 7 | _EPT_MEMTYPE_WB << 3 | 7)
+        return pml4 | _EPT_WALK_4 | _EPT_MEMTYPE_WB
+
+    def _vmwrite(self, field: int, value: int) -> None:
+        if self.cpu.vmwrite(field, value) != VM_SUCCEED:
+            raise L0Bug(f"VMWRITE {F(field).name} failed")
+
+    def _vmread(self, field: int) -> int:
+        status, value = self.cpu.vmread(field)
+        if status != VM_SUCCEED:
+            raise L0Bug(f"VMREAD {F(field).name} failed")
+        return value
+
+    def _controls(self, kind: ControlKind, wanted: int) -> int:
+        """adjust_vmx_controls: the wanted bits the processor allows, plus the must-be-one bits."""
+        msr = self.model.control_msr(kind)
+        return (wanted & (msr >> 32)) | (msr & 0xFFFF_FFFF)
+
+    def setup(self, guest: CpuState) -> None:
+        """VMXON and vmcs01 (KVM's hardware_enable, vmx_vcpu_create and init_vmcs)."""
+        cpu, m = self.cpu, self.model
+        self.memory.write_u(self.vmxon_region, 4, m.revision_id)
+        self.memory.write_u(self.vmcs01, 4, m.revision_id)
+        if cpu.vmxon(self.vmxon_region) != VM_SUCCEED or cpu.vmclear(self.vmcs01) or cpu.vmptrld(self.vmcs01):
+            raise L0Bug("cannot enter VMX operation on the processor model")
+        pin = self._controls(ControlKind.PIN, PinBased.EXT_INTR_EXITING | PinBased.NMI_EXITING)
+        primary = self._controls(ControlKind.PRIMARY, PrimaryCtls.HLT_EXITING | PrimaryCtls.UNCOND_IO_EXITING
+                                 | PrimaryCtls.MWAIT_EXITING | PrimaryCtls.MONITOR_EXITING
+                                 | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS)
+        secondary = self._controls(ControlKind.SECONDARY, SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
+                                   | SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID)
+        exit_ctls = self._controls(ControlKind.EXIT, ExitCtls.HOST_ADDR_SPACE_SIZE | ExitCtls.SAVE_EFER
+                                   | ExitCtls.LOAD_EFER | ExitCtls.SAVE_PAT | ExitCtls.LOAD_PAT
+                                   | ExitCtls.ACK_INTR_ON_EXIT)
+        entry_ctls = self._controls(ControlKind.ENTRY, EntryCtls.IA32E_MODE_GUEST | EntryCtls.LOAD_EFER
+                                    | EntryCtls.LOAD_PAT)
+        host = cpu.state
+        values = {
+            F.PIN_BASED_VM_EXEC_CONTROL: pin,
+            F.CPU_BASED_VM_EXEC_CONTROL: primary,
+            F.SECONDARY_VM_EXEC_CONTROL: secondary,
+            F.VM_EXIT_CONTROLS: exit_ctls,
+            F.VM_ENTRY_CONTROLS: entry_ctls,
+            F.VIRTUAL_PROCESSOR_ID: 1,
+            F.EPT_POINTER: self.eptp,
+            # Every exception exits until L1 has an IDT (see handle_exception_nmi).
+            F.EXCEPTION_BITMAP: 0xFFFF_FFFF,
+            F.CR0_GUEST_HOST_MASK: _CR0_HOST_OWNED,
+            F.CR4_GUEST_HOST_MASK: _CR4_HOST_OWNED,
+            F.CR0_READ_SHADOW: guest.cr0,
+            F.CR4_READ_SHADOW: guest.cr4,
+            F.VMCS_LINK_POINTER: 0xFFFF_FFFF_FFFF_FFFF,
+            F.HOST_CR0: host.cr0, F.HOST_CR3: self.eptp & ~0xFFF, F.HOST_CR4: host.cr4,
+            F.HOST_CS_SELECTOR: 0x08, F.HOST_SS_SELECTOR: 0x10, F.HOST_DS_SELECTOR: 0x10,
+            F.HOST_ES_SELECTOR: 0x10, F.HOST_TR_SELECTOR: 0x18,
+            F.HOST_IA32_EFER: host.efer, F.HOST_IA32_PAT: host.pat,
+            F.HOST_RIP: _HOST_RIP, F.HOST_RSP: 0,
+            F.GUEST_CR0: guest.cr0, F.GUEST_CR3: guest.cr3, F.GUEST_CR4: guest.cr4 | CR4_VMXE,
+            F.GUEST_DR7: guest.dr7, F.GUEST_RSP: guest.rsp, F.GUEST_RIP: guest.rip, F.GUEST_RFLAGS: guest.rflags,
+            F.GUEST_GDTR_BASE: guest.gdtr_base, F.GUEST_GDTR_LIMIT: guest.gdtr_limit,
+            F.GUEST_IDTR_BASE: guest.idtr_base, F.GUEST_IDTR_LIMIT: guest.idtr_limit,
+            F.GUEST_IA32_EFER: guest.efer, F.GUEST_IA32_PAT: guest.pat,
+            F.GUEST_ACTIVITY_STATE: 0, F.GUEST_INTERRUPTIBILITY_INFO: 0,
+        }
+        for seg, (sel, base, limit, ar) in zip(guest.segs, GUEST_SEGMENT_FIELDS, strict=True):
+            values.update({sel: seg.selector, base: seg.base, limit: seg.limit, ar: seg.ar})
+        for field, value in values.items():
+            self._vmwrite(field, value)
+        self.regs = list(guest.gpr)
+        self.guest_msrs = {Msr.IA32_FEATURE_CONTROL: FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX}
+
+    # ------------------------------------------------------------ run loop
+
+    def run(self, max_exits: int | None = None, deadline: float | None = None) -> RunEnd:
+        """vcpu_run: enter the guest, handle its exits, until it ends or a limit is hit."""
+        while True:
+            if max_exits is not None and self.stats.total_exits >= max_exits:
+                return RunEnd("limit", 0, f"stopped after {max_exits} exits (--max-exits)")
+            if deadline is not None and time.monotonic() > deadline:
+                return RunEnd("limit", 0, "stopped at the time limit")
+            # Guest GPRs and CR2 are not in the VMCS: L0 loads them before VM entry, as KVM's vmenter does.
+            self.cpu.state.gpr[:] = self.regs
+            self.cpu.state.cr2 = self.cr2
+            result = self.cpu.vmresume() if self.launched else self.cpu.vmlaunch()
+            if result is not None:
+                raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
+            self.launched = True
+            try:
+                self.engine.run()
+            except EngineError as err:
+                return RunEnd("crash", 0, str(err))
+            self.regs = list(self.cpu.state.gpr)
+            self.cr2 = self.cpu.state.cr2
+            end = self.handle_exit()
+            if end is not None:
+                return end
+
+    def handle_exit(self) -> RunEnd | None:
+        reason = self._vmread(F.VM_EXIT_REASON)
+        basic = reason & 0xFFFF
+        self.stats.count_exit(basic, from_l2=False)
+        if self.trace:
+            self.trace(
+                f"kvm_exit: L1 vcpu 0 reason {exit_reason_name(basic)} rip {self._vmread(F.GUEST_RIP):#x} "
+                f"info1 {self._vmread(F.EXIT_QUALIFICATION):#x} info2 0x0 "
+                f"intr_info {self._vmread(F.VM_EXIT_INTR_INFO):#x} error_code {self._vmread(F.VM_EXIT_INTR_ERROR_CODE):#x}"
+            )
+        if reason & (1 << 31):
+            raise L0Bug(f"VM-entry failure of vmcs01: {exit_reason_name(basic)} ({self.cpu.last_entry_check})")
+        handler = _EXIT_HANDLERS.get(basic, VmxVcpu.handle_unexpected)
+        return handler(self)
+
+    # ------------------------------------------------------------ helpers
+
+    def skip_emulated_instruction(self) -> None:
+        self._vmwrite(F.GUEST_RIP, self._vmread(F.GUEST_RIP) + self._vmread(F.VM_EXIT_INSTRUCTION_LEN))
+        interruptibility = self._vmread(F.GUEST_INTERRUPTIBILITY_INFO)
+        if interruptibility & 3:
+            self._vmwrite(F.GUEST_INTERRUPTIBILITY_INFO, interruptibility & ~3)
+
+    def queue_exception(self, vector: int, error_code: int | None = None) -> None:
+        """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception)."""
+        info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
+        if error_code is not None:
+            info |= INTR_INFO_DELIVER_ERROR_CODE
+            self._vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
+        self._vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
+
+    def crash(self, what: str) -> RunEnd:
+        return RunEnd("crash", 0, f"{what} at RIP {self._vmread(F.GUEST_RIP):#x}")
+
+    # ------------------------------------------------------------ exit handlers
+
+    def handle_exception_nmi(self) -> RunEnd | None:
+        info = self._vmread(F.VM_EXIT_INTR_INFO)
+        vector = info & 0xFF
+        error_code = self._vmread(F.VM_EXIT_INTR_ERROR_CODE) if info & INTR_INFO_DELIVER_ERROR_CODE else None
+        if self._vmread(F.GUEST_IDTR_LIMIT) == 0:
+            name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
+            return self.crash(f"guest crashed: #{name} (vector {vector})")
+        # L1 has an IDT: give it the exception, as the processor would have without interception.
+        if vector == Vector.PF:
+            self.cr2 = self._vmread(F.EXIT_QUALIFICATION)
+        kind = (info >> 8) & 7
+        if kind == InterruptionType.SOFTWARE_EXCEPTION:
+            self._vmwrite(F.VM_ENTRY_INSTRUCTION_LEN, self._vmread(F.VM_EXIT_INSTRUCTION_LEN))
+            self._vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info & ~(1 << 12))
+            return None
+        self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
+        return None
+
+    def handle_triple_fault(self) -> RunEnd:
+        return self.crash("guest crashed: triple fault")
+
+    def handle_cpuid(self) -> RunEnd | None:
+        r = self.regs
+        r[0], r[3], r[1], r[2] = cpuid(self.model, r[0] & 0xFFFF_FFFF, r[1] & 0xFFFF_FFFF)
+        self.skip_emulated_instruction()
+        return None
+
+    def handle_io(self) -> RunEnd | None:
+        qualification = self._vmread(F.EXIT_QUALIFICATION)
+        port, size, is_in, string = qualification >> 16, (qualification & 7) + 1, qualification >> 3 & 1, qualification >> 4 & 1
+        if string:
+            return self.crash(f"string I/O on port {port:#x} is not supported by this platform")
+        mask = (1 << (8 * size)) - 1
+        if is_in:
+            self.regs[0] = self.regs[0] & ~mask | mask  # no device: all ones
+        elif port == CONSOLE_PORT:
+            self.console(bytes([self.regs[0] & 0xFF]))
+        elif port == EXIT_PORT:
+            return RunEnd("exit", self.regs[0] & 0xFF)
+        self.skip_emulated_instruction()
+        return None
+
+    def handle_rdmsr(self) -> RunEnd | None:
+        index = self.regs[1] & 0xFFFF_FFFF
+        value = self.get_msr(index)
+        if value is None:
+            self.queue_exception(Vector.GP, 0)
+            return None
+        self.regs[0], self.regs[2] = value & 0xFFFF_FFFF, value >> 32
+        self.skip_emulated_instruction()
+        return None
+
+    def handle_wrmsr(self) -> RunEnd | None:
+        index = self.regs[1] & 0xFFFF_FFFF
+        value = (self.regs[2] & 0xFFFF_FFFF) << 32 | (self.regs[0] & 0xFFFF_FFFF)
+        if not self.set_msr(index, value):
+            self.queue_exception(Vector.GP, 0)
+            return None
+        self.skip_emulated_instruction()
+        return None
+
+    _VMCS_MSRS = {Msr.IA32_EFER: F.GUEST_IA32_EFER, Msr.IA32_PAT: F.GUEST_IA32_PAT,
+                  Msr.IA32_FS_BASE: F.GUEST_FS_BASE, Msr.IA32_GS_BASE: F.GUEST_GS_BASE,
+                  Msr.IA32_SYSENTER_CS: F.GUEST_SYSENTER_CS, Msr.IA32_SYSENTER_ESP: F.GUEST_SYSENTER_ESP,
+                  Msr.IA32_SYSENTER_EIP: F.GUEST_SYSENTER_EIP}
+    # MSRs kept by L0 for the guest with their reset values (KVM's kvm_get/set_msr_common subset).
+    _SOFTWARE_MSRS = {Msr.IA32_KERNEL_GS_BASE: 0, 0xC0000081: 0, 0xC0000082: 0, 0xC0000083: 0, 0xC0000084: 0,
+                      0xC0000103: 0, 0x1A0: 1, 0x10: 0}  # STAR, LSTAR, CSTAR, FMASK, TSC_AUX, MISC_ENABLE, TSC
+
+    def get_msr(self, index: int) -> int | None:
+        if index in self.guest_msrs:
+            return self.guest_msrs[index]
+        if index in self.nested_msrs and Msr.IA32_VMX_BASIC <= index <= Msr.IA32_VMX_VMFUNC:
+            return self.nested_msrs[index]
+        if index in self._VMCS_MSRS:
+            return self._vmread(self._VMCS_MSRS[index])
+        return self._SOFTWARE_MSRS.get(index)
+
+    def set_msr(self, index: int, value: int) -> bool:
+        if index == Msr.IA32_EFER:
+            if value & ~0xD01:  # SCE, LME, LMA, NXE
+                return False
+            self._vmwrite(F.GUEST_IA32_EFER, value)
+            return True
+        if index in self._VMCS_MSRS:
+            self._vmwrite(self._VMCS_MSRS[index], value)
+            return True
+        if index in self._SOFTWARE_MSRS:
+            self.guest_msrs[index] = value
+            return True
+        return False  # read-only (feature control is locked, VMX capabilities) or unknown: #GP
+
+    def handle_cr(self) -> RunEnd | None:
+        qualification = self._vmread(F.EXIT_QUALIFICATION)
+        cr, access, gpr = qualification & 0xF, (qualification >> 4) & 3, (qualification >> 8) & 0xF
+        if access != 0 or cr not in (0, 4):
+            return self.crash(f"unexpected control-register access (qualification {qualification:#x})")
+        value = self.regs[gpr] if gpr != 4 else self._vmread(F.GUEST_RSP)
+        if cr == 0:
+            if (value ^ self._vmread(F.CR0_READ_SHADOW)) & (CR0_PE | CR0_PG | CR0_NE):
+                return self.crash(f"guest left 64-bit paged mode (CR0 {value:#x}), which this platform does not model")
+            self._vmwrite(F.CR0_READ_SHADOW, value)
+            self._vmwrite(F.GUEST_CR0, value & ~(CR0_NW | CR0_CD) | self._vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD))
+        else:
+            if not value & CR4_PAE:
+                self.queue_exception(Vector.GP, 0)  # clearing CR4.PAE in IA-32e mode
+                return None
+            self._vmwrite(F.CR4_READ_SHADOW, value)  # CR4.VMXE as L1 sees it
+            self._vmwrite(F.GUEST_CR4, value | CR4_VMXE)
+        self.skip_emulated_instruction()
+        return None
+
+    def handle_hlt(self) -> RunEnd:
+        return self.crash("guest halted with interrupts disabled (HLT): nothing can wake it")
+
+    def handle_vmcall(self) -> RunEnd | None:
+        """KVM's hypercall ABI: no hypercall is implemented, so RAX = -KVM_ENOSYS."""
+        self.regs[0] = -KVM_ENOSYS & 0xFFFF_FFFF_FFFF_FFFF
+        self.skip_emulated_instruction()
+        return None
+
+    def handle_vmx_instruction(self) -> RunEnd | None:
+        """Nested VMX is not emulated yet: VMX instructions raise #UD in the guest."""
+        self.queue_exception(Vector.UD)
+        return None
+
+    def handle_ept_violation(self) -> RunEnd:
+        gpa = self._vmread(F.GUEST_PHYSICAL_ADDRESS)
+        if gpa >= self.guest_size:
+            return self.crash(f"guest accessed guest-physical {gpa:#x} outside its {self.guest_size >> 20} MiB")
+        raise L0Bug(f"EPT violation at guest-physical {gpa:#x} inside guest memory")
+
+    def handle_unexpected(self) -> RunEnd:
+        return self.crash(f"unexpected VM exit {exit_reason_name(self._vmread(F.VM_EXIT_REASON) & 0xFFFF)}")
+
+
+_EXIT_HANDLERS: dict[int, Callable[[VmxVcpu], RunEnd | None]] = {
+    ExitReason.EXCEPTION_NMI: VmxVcpu.handle_exception_nmi,
+    ExitReason.TRIPLE_FAULT: VmxVcpu.handle_triple_fault,
+    ExitReason.CPUID: VmxVcpu.handle_cpuid,
+    ExitReason.IO_INSTRUCTION: VmxVcpu.handle_io,
+    ExitReason.RDMSR: VmxVcpu.handle_rdmsr,
+    ExitReason.WRMSR: VmxVcpu.handle_wrmsr,
+    ExitReason.CR_ACCESS: VmxVcpu.handle_cr,
+    ExitReason.HLT: VmxVcpu.handle_hlt,
+    ExitReason.VMCALL: VmxVcpu.handle_vmcall,
+    ExitReason.EPT_VIOLATION: VmxVcpu.handle_ept_violation,
+    **{r: VmxVcpu.handle_vmx_instruction for r in (
+        ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST, ExitReason.VMREAD,
+        ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF, ExitReason.VMXON, ExitReason.INVEPT,
+        ExitReason.INVVPID)},
+}
