@@ -17,8 +17,20 @@ def test_vm_instruction_errors_cover_1_to_28() -> None:
 
 def test_exit_reasons_of_vmx_instructions() -> None:
     """SDM Vol. 3D Appendix C, Table C-1."""
-    expected = {"VMCALL": 18, "VMCLEAR": 19, "VMLAUNCH": 20, "VMPTRLD": 21, "VMPTRST": 22, "VMREAD": 23,
-                "VMRESUME": 24, "VMWRITE": 25, "VMXOFF": 26, "VMXON": 27, "INVEPT": 50, "INVVPID": 53}
+    expected = {
+        "VMCALL": 18,
+        "VMCLEAR": 19,
+        "VMLAUNCH": 20,
+        "VMPTRLD": 21,
+        "VMPTRST": 22,
+        "VMREAD": 23,
+        "VMRESUME": 24,
+        "VMWRITE": 25,
+        "VMXOFF": 26,
+        "VMXON": 27,
+        "INVEPT": 50,
+        "INVVPID": 53,
+    }
     assert {name: ExitReason[name].value for name in expected} == expected
     assert ExitReason.CPUID == 10 and ExitReason.EPT_VIOLATION == 48 and ExitReason.INVALID_GUEST_STATE == 33
     assert exit_reason_name(10) == "CPUID" and exit_reason_name(999) == "REASON_999"

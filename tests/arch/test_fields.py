@@ -64,7 +64,12 @@ def test_decode_encoding_splits_the_bit_fields(encoding, access, index, type_, w
 
 @pytest.mark.parametrize(
     "encoding, reserved",
-    [(0x1000, 0x1000), (0x8000, 0x8000), (0xFFFF_0000_0000_681E, 0xFFFF_0000_0000_0000), (0x1_0000_681E, 0x1_0000_0000)],
+    [
+        (0x1000, 0x1000),
+        (0x8000, 0x8000),
+        (0xFFFF_0000_0000_681E, 0xFFFF_0000_0000_0000),
+        (0x1_0000_681E, 0x1_0000_0000),
+    ],
 )
 def test_decode_encoding_reports_reserved_bits(encoding: int, reserved: int) -> None:
     """Bits 12 and 63:15 of an encoding are reserved."""
@@ -98,8 +103,19 @@ def test_counts_per_width_and_type_match_the_sdm_appendix() -> None:
         key = (str(f.width.label), f.type.label)
         counts[key] = counts.get(key, 0) + 1
     assert counts == {
-        ("16", "control"): 5, ("16", "guest"): 11, ("16", "host"): 7, ("64", "control"): 38,
-        ("64", "read-only"): 2, ("64", "guest"): 21, ("64", "host"): 12, ("32", "control"): 19,
-        ("32", "read-only"): 8, ("32", "guest"): 23, ("32", "host"): 1, ("natural", "control"): 8,
-        ("natural", "read-only"): 6, ("natural", "guest"): 23, ("natural", "host"): 15,
+        ("16", "control"): 5,
+        ("16", "guest"): 11,
+        ("16", "host"): 7,
+        ("64", "control"): 38,
+        ("64", "read-only"): 2,
+        ("64", "guest"): 21,
+        ("64", "host"): 12,
+        ("32", "control"): 19,
+        ("32", "read-only"): 8,
+        ("32", "guest"): 23,
+        ("32", "host"): 1,
+        ("natural", "control"): 8,
+        ("natural", "read-only"): 6,
+        ("natural", "guest"): 23,
+        ("natural", "host"): 15,
     }

@@ -18,10 +18,33 @@ _GPR64 = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"] + [f"r{i}" for
 _GPR32 = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"] + [f"r{i}d" for i in range(8, 16)]
 
 MEMORY_FORMS = [
-    "(%rax)", "(%r8)", "(%rsp)", "(%r12)", "(%rbp)", "(%r13)", "0x10(%rbx)", "-0x80(%rsi)", "0x12345678(%rdi)",
-    "-4(%r15)", "(%rax,%rbx)", "(%rax,%rbx,2)", "0x40(%rcx,%rdx,4)", "-0x1000(%r9,%r10,8)", "(,%r14,8)",
-    "0x1000(,%rax,1)", "(%rsp,%r12,2)", "0x20(%rip)", "-0x20(%rip)", "0x7fff0000", "%fs:0x28(%rax)",
-    "%gs:(%r11)", "%es:8(%rbp)", "%ss:(%rax)", "%cs:(%rbx,%rcx,8)", "(%eax)", "0x10(%r8d,%ecx,4)",
+    "(%rax)",
+    "(%r8)",
+    "(%rsp)",
+    "(%r12)",
+    "(%rbp)",
+    "(%r13)",
+    "0x10(%rbx)",
+    "-0x80(%rsi)",
+    "0x12345678(%rdi)",
+    "-4(%r15)",
+    "(%rax,%rbx)",
+    "(%rax,%rbx,2)",
+    "0x40(%rcx,%rdx,4)",
+    "-0x1000(%r9,%r10,8)",
+    "(,%r14,8)",
+    "0x1000(,%rax,1)",
+    "(%rsp,%r12,2)",
+    "0x20(%rip)",
+    "-0x20(%rip)",
+    "0x7fff0000",
+    "%fs:0x28(%rax)",
+    "%gs:(%r11)",
+    "%es:8(%rbp)",
+    "%ss:(%rax)",
+    "%cs:(%rbx,%rcx,8)",
+    "(%eax)",
+    "0x10(%r8d,%ecx,4)",
 ]
 
 INSTRUCTIONS = (
@@ -34,8 +57,9 @@ INSTRUCTIONS = (
     + ["vmcall", "vmlaunch", "vmresume", "vmxoff"]
 )
 
-needs_as = pytest.mark.skipif(shutil.which("as") is None or shutil.which("objcopy") is None,
-                              reason="GNU binutils not installed")
+needs_as = pytest.mark.skipif(
+    shutil.which("as") is None or shutil.which("objcopy") is None, reason="GNU binutils not installed"
+)
 
 
 def assemble(lines: list[str], code64: bool = True) -> bytes:
@@ -50,8 +74,14 @@ def assemble(lines: list[str], code64: bool = True) -> bytes:
         return binary.read_bytes()
 
 
-_CS_SEG = {X.X86_REG_ES: Seg.ES, X.X86_REG_CS: Seg.CS, X.X86_REG_SS: Seg.SS, X.X86_REG_DS: Seg.DS,
-           X.X86_REG_FS: Seg.FS, X.X86_REG_GS: Seg.GS}
+_CS_SEG = {
+    X.X86_REG_ES: Seg.ES,
+    X.X86_REG_CS: Seg.CS,
+    X.X86_REG_SS: Seg.SS,
+    X.X86_REG_DS: Seg.DS,
+    X.X86_REG_FS: Seg.FS,
+    X.X86_REG_GS: Seg.GS,
+}
 
 
 def _cs_regnum(md: capstone.Cs, reg: int) -> int | None:
@@ -75,10 +105,21 @@ def expected_from_capstone(md: capstone.Cs, insn) -> VmxInstruction:
             segment = _CS_SEG.get(m.segment)
             if segment is None:
                 segment = Seg.SS if base in (4, 5) else Seg.DS
-            address_size = 32 if insn.bytes[0] == 0x67 or (insn.bytes[0] in (0x64, 0x65, 0x26, 0x2E, 0x36, 0x3E)
-                                                           and 0x67 in insn.bytes[:3]) else 64
-            mem = MemOperand(segment, base, _cs_regnum(md, m.index), {1: 0, 2: 1, 4: 2, 8: 3}[m.scale], m.disp,
-                             address_size, rip_relative)
+            address_size = (
+                32
+                if insn.bytes[0] == 0x67
+                or (insn.bytes[0] in (0x64, 0x65, 0x26, 0x2E, 0x36, 0x3E) and 0x67 in insn.bytes[:3])
+                else 64
+            )
+            mem = MemOperand(
+                segment,
+                base,
+                _cs_regnum(md, m.index),
+                {1: 0, 2: 1, 4: 2, 8: 3}[m.scale],
+                m.disp,
+                address_size,
+                rip_relative,
+            )
     regs = [_cs_regnum(md, o.reg) for o in insn.operands if o.type == X.X86_OP_REG]
     if op is VmxOp.VMREAD:  # Intel order: VMREAD r/m64, r64
         if mem is None:

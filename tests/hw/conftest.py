@@ -84,7 +84,7 @@ def write_valid_vmcs(cpu: LogicalProcessor) -> None:
         F.GUEST_GDTR_LIMIT: 0xFFFF,
         F.GUEST_IDTR_LIMIT: 0xFFFF,
     }
-    for seg, (sel, base, limit, ar) in zip(s.segs, GUEST_SEGMENT_FIELDS):
+    for seg, (sel, base, limit, ar) in zip(s.segs, GUEST_SEGMENT_FIELDS, strict=True):
         values[sel], values[base], values[limit], values[ar] = seg.selector, seg.base, seg.limit, seg.ar
     for field, value in values.items():
         assert cpu.vmwrite(field, value) == VM_SUCCEED, field.name

@@ -47,8 +47,15 @@ def _table(rows: list[VmcsField], title: str, model_name: str | None) -> Table:
     table.add_column("exists when the processor allows", style="dim")
     for f in rows:
         high = f"{f.encoding | 1:#06x}" if f.width is FieldWidth.W64 else ""
-        table.add_row(f"{f.encoding:#06x}", high, f.name, str(f.width.label), f.type.label, str(f.index),
-                      f.requires.replace("_", " ") if f.requires else "always")
+        table.add_row(
+            f"{f.encoding:#06x}",
+            high,
+            f.name,
+            str(f.width.label),
+            f.type.label,
+            str(f.index),
+            f.requires.replace("_", " ") if f.requires else "always",
+        )
     if model_name:
         table.caption = f"fields of the {model_name} model"
     return table

@@ -37,18 +37,36 @@ Exit status:
   2      bad usage""")
 @click.argument("program", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--load-address", default="0x100000", show_default=True, help="Where a flat binary is loaded.")
-@click.option("--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="Guest memory in MiB.")
-@click.option("--cpu", type=click.Choice(sorted(CPU_MODELS)), default=DEFAULT_CPU_MODEL, show_default=True,
-              help="Processor model.")
-@click.option("--shadow-vmcs/--no-shadow-vmcs", default=None,
-              help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).")
+@click.option(
+    "--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True, help="Guest memory in MiB."
+)
+@click.option(
+    "--cpu",
+    type=click.Choice(sorted(CPU_MODELS)),
+    default=DEFAULT_CPU_MODEL,
+    show_default=True,
+    help="Processor model.",
+)
+@click.option(
+    "--shadow-vmcs/--no-shadow-vmcs",
+    default=None,
+    help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).",
+)
 @click.option("--max-exits", type=click.IntRange(1), help="Stop after this many L0 exits (outcome 'limit').")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Write the statistics here.")
 @click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per VM exit here.")
-def run(program: Path, load_address: str, memory_mib: int, cpu: str, shadow_vmcs: bool | None,
-        max_exits: int | None, timeout: float | None, stats_json: Path | None, trace: Path | None) -> None:
+def run(
+    program: Path,
+    load_address: str,
+    memory_mib: int,
+    cpu: str,
+    shadow_vmcs: bool | None,
+    max_exits: int | None,
+    timeout: float | None,
+    stats_json: Path | None,
+    trace: Path | None,
+) -> None:
     """Run PROGRAM as the L1 guest of the L0 hypervisor.
 
     PROGRAM is an ELF64 executable, a flat binary (loaded at --load-address and started at its

@@ -52,8 +52,7 @@ _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.O
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
 # before them): code hooks stop the guest in front of each.
 _SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, *_IO}
-_MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR,
-                 iced_x86.Code.MOV_CR_R32}
+_MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
 _CR_NUMBER = {iced_x86.Register.CR0: 0, iced_x86.Register.CR3: 3, iced_x86.Register.CR4: 4, iced_x86.Register.CR8: 8}
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
@@ -117,9 +116,15 @@ class GuestContext:
         lib = counter_library()
         fn = ctypes.cast(lib.nestvmx_count_insn, ctypes.c_void_p)
         handle = ctypes.c_size_t()
-        rc = _ucmod.uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC.UC_HOOK_CODE, fn,
-                                      ctypes.cast(ctypes.pointer(self.instructions), ctypes.c_void_p),
-                                      ctypes.c_uint64(1), ctypes.c_uint64(0))
+        rc = _ucmod.uclib.uc_hook_add(
+            uc._uch,
+            ctypes.byref(handle),
+            UC.UC_HOOK_CODE,
+            fn,
+            ctypes.cast(ctypes.pointer(self.instructions), ctypes.c_void_p),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
         if rc:
             raise EngineError(f"cannot install the instruction counter (unicorn error {rc})")
 
@@ -186,7 +191,10 @@ class Engine:
 
     def _eptp(self) -> int | None:
         f = self.cpu.current.fields
-        if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.ACTIVATE_SECONDARY_CONTROLS and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & S.ENABLE_EPT:
+        if (
+            f[F.CPU_BASED_VM_EXEC_CONTROL] & P.ACTIVATE_SECONDARY_CONTROLS
+            and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & S.ENABLE_EPT
+        ):
             return f[F.EPT_POINTER]
         return None
 
@@ -253,7 +261,11 @@ class Engine:
 
     def _uc_paging_state(self) -> CpuState:
         uc, s = self.ctx.uc, CpuState()
-        s.cr0, s.cr3, s.cr4 = uc.reg_read(X.UC_X86_REG_CR0), uc.reg_read(X.UC_X86_REG_CR3), uc.reg_read(X.UC_X86_REG_CR4)
+        s.cr0, s.cr3, s.cr4 = (
+            uc.reg_read(X.UC_X86_REG_CR0),
+            uc.reg_read(X.UC_X86_REG_CR3),
+            uc.reg_read(X.UC_X86_REG_CR4),
+        )
         s.efer = uc.reg_read(X.UC_X86_REG_MSR, 0xC0000080)
         s.segs[2] = Segment(0, 0, 0, 0x10093)  # supervisor fetches: the code bytes, not a privilege check
         return s
@@ -265,7 +277,6 @@ class Engine:
 
     def _after_stop(self) -> VmExit | None:
         stop, cpu = self.stop, self.cpu
-        uc = self.ctx.uc
         if stop is None:
             return self._after_plain_return()
         self._save_state()
@@ -392,8 +403,9 @@ class Engine:
             mask, shadow = f[F.CR0_GUEST_HOST_MASK] & 0xF, f[F.CR0_READ_SHADOW] & 0xF
             if (source ^ shadow) & mask & 0xE or (mask & 1 and source & 1 and not shadow & 1):
                 memory = ins.op0_kind == iced_x86.OpKind.MEMORY
-                return self._exit(ExitReason.CR_ACCESS, length=length,
-                                  qualification=3 << 4 | int(memory) << 6 | source << 16)
+                return self._exit(
+                    ExitReason.CR_ACCESS, length=length, qualification=3 << 4 | int(memory) << 6 | source << 16
+                )
             source = (source & 0xF) | (s.cr0 & 1)  # LMSW cannot clear PE
             s.cr0 = (s.cr0 & ~0xF) | (source & ~mask) | (s.cr0 & mask)
             s.rip += length
@@ -401,7 +413,7 @@ class Engine:
         to_cr = ins.code in (iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_CR_R32)
         cr = _CR_NUMBER.get(ins.op0_register if to_cr else ins.op1_register)
         gpr_reg = ins.op1_register if to_cr else ins.op0_register
-        gpr = (_ICED_GPR64.index(gpr_reg) if gpr_reg in _ICED_GPR64 else _ICED_GPR32.index(gpr_reg))
+        gpr = _ICED_GPR64.index(gpr_reg) if gpr_reg in _ICED_GPR64 else _ICED_GPR32.index(gpr_reg)
         if cr is None:
             return self._exception(Vector.UD)
         qualification = cr | (0 if to_cr else 1) << 4 | gpr << 8
@@ -445,8 +457,13 @@ class Engine:
                 if reg in table:
                     return self.cpu.state.gpr[table.index(reg)]
             return self.cpu.state.gpr[[iced_x86.Register.AX + i for i in range(16)].index(reg)]
-        address = iced_x86.InstructionInfoFactory().info(ins).used_memory()[0].virtual_address(
-            lambda reg, _i, _s: self.cpu.state.gpr[_ICED_GPR64.index(reg)] if reg in _ICED_GPR64 else 0
+        address = (
+            iced_x86.InstructionInfoFactory()
+            .info(ins)
+            .used_memory()[0]
+            .virtual_address(
+                lambda reg, _i, _s: self.cpu.state.gpr[_ICED_GPR64.index(reg)] if reg in _ICED_GPR64 else 0
+            )
         )
         return int.from_bytes(self.guest_memory().read(address, 2), "little")
 
@@ -468,8 +485,13 @@ class Engine:
             if vector == Vector.PF:
                 s.cr2 = self.cr2_before_run  # a #PF that exits leaves CR2 alone (SDM §27.1)
             length = self._software_length() if software else 0
-            return self._exit(ExitReason.EXCEPTION_NMI, length=length, qualification=qualification,
-                              intr_info=info, intr_error_code=error_code or 0)
+            return self._exit(
+                ExitReason.EXCEPTION_NMI,
+                length=length,
+                qualification=qualification,
+                intr_info=info,
+                intr_error_code=error_code or 0,
+            )
         return self._deliver(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None, software))
 
     def _software_length(self) -> int:
@@ -494,8 +516,12 @@ class Engine:
         else:
             ins = next(iter(iced_x86.Decoder(64, code, ip=s.rip)))
             for mem in iced_x86.InstructionInfoFactory().info(ins).used_memory():
-                if mem.access in (iced_x86.OpAccess.WRITE, iced_x86.OpAccess.READ_WRITE,
-                                  iced_x86.OpAccess.COND_WRITE, iced_x86.OpAccess.READ_COND_WRITE):
+                if mem.access in (
+                    iced_x86.OpAccess.WRITE,
+                    iced_x86.OpAccess.READ_WRITE,
+                    iced_x86.OpAccess.COND_WRITE,
+                    iced_x86.OpAccess.READ_COND_WRITE,
+                ):
                     write = True
         return self.guest_memory().page_fault_error_code(s.cr2, write, fetch)
 
@@ -509,8 +535,9 @@ class Engine:
             info = event.vector | (InterruptionType.HARDWARE_EXCEPTION << 8) | INTR_INFO_VALID
             if event.error_code is not None:
                 info |= INTR_INFO_DELIVER_ERROR_CODE
-            return self._ept_exit(fault, access=2, linear=None, idt_vectoring_info=info,
-                                  idt_vectoring_error_code=event.error_code or 0)
+            return self._ept_exit(
+                fault, access=2, linear=None, idt_vectoring_info=info, idt_vectoring_error_code=event.error_code or 0
+            )
         return None
 
     def _code_segment(self, selector: int) -> Segment | None:
@@ -524,20 +551,32 @@ class Engine:
         """VM-entry event injection (SDM §27.6): delivered through the IDT, never the bitmap."""
         info, error_code, length = injection
         vector, kind = info & 0xFF, (info >> 8) & 7
-        software = kind in (InterruptionType.SOFTWARE_INTERRUPT, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-                            InterruptionType.SOFTWARE_EXCEPTION)
+        software = kind in (
+            InterruptionType.SOFTWARE_INTERRUPT,
+            InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+            InterruptionType.SOFTWARE_EXCEPTION,
+        )
         if software:
             self.cpu.state.rip += length
-        event = Event(vector, error_code if info & INTR_INFO_DELIVER_ERROR_CODE else None,
-                      software and kind != InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION)
+        event = Event(
+            vector,
+            error_code if info & INTR_INFO_DELIVER_ERROR_CODE else None,
+            software and kind != InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+        )
         return self._deliver(event)
 
     # EPT violations (SDM §29.3.3.2, Table 28-7)
     def _memory_fault(self, stop: _Stop) -> VmExit | None:
         access = stop.data["access"]
         linear = stop.data["address"]
-        kind = {UC.UC_MEM_READ_UNMAPPED: 1, UC.UC_MEM_READ_PROT: 1, UC.UC_MEM_WRITE_UNMAPPED: 2,
-                UC.UC_MEM_WRITE_PROT: 2, UC.UC_MEM_FETCH_UNMAPPED: 4, UC.UC_MEM_FETCH_PROT: 4}.get(access, 1)
+        kind = {
+            UC.UC_MEM_READ_UNMAPPED: 1,
+            UC.UC_MEM_READ_PROT: 1,
+            UC.UC_MEM_WRITE_UNMAPPED: 2,
+            UC.UC_MEM_WRITE_PROT: 2,
+            UC.UC_MEM_FETCH_UNMAPPED: 4,
+            UC.UC_MEM_FETCH_PROT: 4,
+        }.get(access, 1)
         memory = self.guest_memory()
         try:
             gpa = memory.linear_to_gpa(linear, write=kind == 2, fetch=kind == 4)
@@ -551,13 +590,18 @@ class Engine:
             return self._ept_exit(fault, access=kind, linear=linear)
         raise EngineError(f"guest-physical {gpa:#x} is mapped by EPT but not by the host (RIP {self.cpu.state.rip:#x})")
 
-    def _ept_exit(self, fault: ept_mod.EptFault, access: int, linear: int | None, in_walk: bool = False,
-                  **info) -> VmExit:
+    def _ept_exit(
+        self, fault: ept_mod.EptFault, access: int, linear: int | None, in_walk: bool = False, **info
+    ) -> VmExit:
         if fault.misconfig:
             return self._exit(ExitReason.EPT_MISCONFIG, guest_physical_address=fault.gpa, **info)
         qualification = access | fault.perms << 3
         if linear is not None:
             qualification |= 1 << 7 | (0 if in_walk else 1 << 8)
-        return self._exit(ExitReason.EPT_VIOLATION, qualification=qualification, guest_physical_address=fault.gpa,
-                          guest_linear_address=linear or 0, **info)
-
+        return self._exit(
+            ExitReason.EPT_VIOLATION,
+            qualification=qualification,
+            guest_physical_address=fault.gpa,
+            guest_linear_address=linear or 0,
+            **info,
+        )

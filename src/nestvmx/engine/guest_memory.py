@@ -87,7 +87,9 @@ class GuestMemory:
         return pieces
 
     def read(self, linear: int, size: int) -> bytes:
-        return b"".join(self.memory.read_bus(pa, n).to_bytes(n, "little") for pa, n in self._pieces(linear, size, False))
+        return b"".join(
+            self.memory.read_bus(pa, n).to_bytes(n, "little") for pa, n in self._pieces(linear, size, False)
+        )
 
     def fetch(self, linear: int, size: int) -> bytes:
         """Instruction bytes at a linear address; stops early at a page that cannot be fetched."""
@@ -95,7 +97,7 @@ class GuestMemory:
         while len(out) < size:
             n = min(size - len(out), 0x1000 - ((linear + len(out)) & 0xFFF))
             try:
-                (pa, _), = self._pieces(linear + len(out), n, False, fetch=True)
+                ((pa, _),) = self._pieces(linear + len(out), n, False, fetch=True)
             except (X86Exception, EptFault):
                 break
             out += self.memory.read_bus(pa, n).to_bytes(n, "little")

@@ -48,8 +48,9 @@ def counter_library() -> ctypes.CDLL:
         src = lib.with_suffix(".c")
         src.write_bytes(_SOURCE)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        result = subprocess.run([require_gcc(), "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [require_gcc(), "-O2", "-shared", "-fPIC", "-o", str(tmp), str(src)], capture_output=True, text=True
+        )
         if result.returncode:
             raise BuildError(f"building the instruction counter failed: {result.stderr.strip()}")
         tmp.replace(lib)

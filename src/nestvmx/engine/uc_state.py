@@ -13,15 +13,43 @@ from unicorn import x86_const as X
 from nestvmx.arch.msr import Msr
 from nestvmx.hw.state import AR_UNUSABLE, CpuState, Seg, Segment
 
-GPR_IDS = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
-           X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
-           X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
-           X.UC_X86_REG_R15)
-_SEG_IDS = {Seg.ES: X.UC_X86_REG_ES, Seg.CS: X.UC_X86_REG_CS, Seg.SS: X.UC_X86_REG_SS, Seg.DS: X.UC_X86_REG_DS,
-            Seg.FS: X.UC_X86_REG_FS, Seg.GS: X.UC_X86_REG_GS}
+GPR_IDS = (
+    X.UC_X86_REG_RAX,
+    X.UC_X86_REG_RCX,
+    X.UC_X86_REG_RDX,
+    X.UC_X86_REG_RBX,
+    X.UC_X86_REG_RSP,
+    X.UC_X86_REG_RBP,
+    X.UC_X86_REG_RSI,
+    X.UC_X86_REG_RDI,
+    X.UC_X86_REG_R8,
+    X.UC_X86_REG_R9,
+    X.UC_X86_REG_R10,
+    X.UC_X86_REG_R11,
+    X.UC_X86_REG_R12,
+    X.UC_X86_REG_R13,
+    X.UC_X86_REG_R14,
+    X.UC_X86_REG_R15,
+)
+_SEG_IDS = {
+    Seg.ES: X.UC_X86_REG_ES,
+    Seg.CS: X.UC_X86_REG_CS,
+    Seg.SS: X.UC_X86_REG_SS,
+    Seg.DS: X.UC_X86_REG_DS,
+    Seg.FS: X.UC_X86_REG_FS,
+    Seg.GS: X.UC_X86_REG_GS,
+}
 # MSRs that Unicorn models and that guest software reads back (beyond those in CpuState fields).
-_PASSTHROUGH_MSRS = (Msr.IA32_SYSENTER_CS, Msr.IA32_SYSENTER_ESP, Msr.IA32_SYSENTER_EIP, Msr.IA32_PAT,
-                     Msr.IA32_KERNEL_GS_BASE, 0xC0000081, 0xC0000082, 0xC0000084)  # STAR, LSTAR, FMASK
+_PASSTHROUGH_MSRS = (
+    Msr.IA32_SYSENTER_CS,
+    Msr.IA32_SYSENTER_ESP,
+    Msr.IA32_SYSENTER_EIP,
+    Msr.IA32_PAT,
+    Msr.IA32_KERNEL_GS_BASE,
+    0xC0000081,
+    0xC0000082,
+    0xC0000084,
+)  # STAR, LSTAR, FMASK
 
 
 def descriptor_segment(selector: int, raw: int) -> Segment:

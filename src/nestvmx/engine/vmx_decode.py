@@ -111,8 +111,9 @@ def _decode(r: _Reader, mode64: bool) -> VmxInstruction | None:
     return VmxInstruction(op, r.pos, reg=None if b == 0xC7 else reg, mem=mem)
 
 
-def _memory_operand(r: _Reader, mod: int, rm: int, rex: int, address_size: int, mode64: bool,
-                    segment: Seg | None) -> MemOperand:
+def _memory_operand(
+    r: _Reader, mod: int, rm: int, rex: int, address_size: int, mode64: bool, segment: Seg | None
+) -> MemOperand:
     if address_size == 16:
         base, index = _RM16[rm]
         if mod == 0 and rm == 6:
@@ -146,5 +147,6 @@ def _memory_operand(r: _Reader, mod: int, rm: int, rex: int, address_size: int, 
     else:
         displacement = 0
     default = Seg.SS if base in (_RSP, _RBP) else Seg.DS
-    return MemOperand(segment if segment is not None else default, base, index, scale, displacement,
-                      address_size, rip_relative)
+    return MemOperand(
+        segment if segment is not None else default, base, index, scale, displacement, address_size, rip_relative
+    )

@@ -12,9 +12,23 @@ from nestvmx.engine.native import BuildError, cache_dir, require_gcc
 
 LIB = Path(__file__).parent / "lib"
 SOURCE_SUFFIXES = (".c", ".S", ".s")
-CFLAGS = ["-ffreestanding", "-fno-builtin", "-fno-pic", "-no-pie", "-nostdlib", "-static", "-mno-red-zone", "-fno-stack-protector",
-          "-fno-asynchronous-unwind-tables", "-mgeneral-regs-only", "-O2", "-Wall", "-Wl,--build-id=none",
-          "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments"]
+CFLAGS = [
+    "-ffreestanding",
+    "-fno-builtin",
+    "-fno-pic",
+    "-no-pie",
+    "-nostdlib",
+    "-static",
+    "-mno-red-zone",
+    "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables",
+    "-mgeneral-regs-only",
+    "-O2",
+    "-Wall",
+    "-Wl,--build-id=none",
+    "-Wl,-z,noexecstack",
+    "-Wl,--no-warn-rwx-segments",
+]
 
 
 def is_source(path: Path) -> bool:
@@ -36,8 +50,18 @@ def build_guest(sources: list[Path]) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [require_gcc(), *CFLAGS, "-I", str(LIB), "-T", str(LIB / "link.ld"), "-o", str(tmp), str(LIB / "start.S"),
-           *map(str, sources)]
+    cmd = [
+        require_gcc(),
+        *CFLAGS,
+        "-I",
+        str(LIB),
+        "-T",
+        str(LIB / "link.ld"),
+        "-o",
+        str(tmp),
+        str(LIB / "start.S"),
+        *map(str, sources),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())

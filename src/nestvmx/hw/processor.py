@@ -113,6 +113,7 @@ class LogicalProcessor:
         # Called with (invalidation type, EPTP or VPID) so the execution engine can drop translations.
         self.on_invalidate: Callable[[str, int, int | None], None] = lambda kind, type_, context: None
         self.events: Counter[str] = Counter()  # hardware events, for the cost model
+        self.last_entry_check: str | None = None  # the VM-entry rule the last entry broke
 
     # ----------------------------------------------------------------- helpers
 
@@ -369,8 +370,10 @@ class LogicalProcessor:
     def _entry_failure(self, vmcs: VmcsData, reason: ExitReason, qualification: int) -> VmExit:
         """SDM §27.8: load host state as a VM exit would; the launch state stays as it was."""
         exit = VmExit(reason=EXIT_REASON_FAILED_VMENTRY | reason, qualification=qualification)
-        write_exit_information(vmcs.fields, exit)
-        load_host_state(vmcs.fields, self.state)
+        f = vmcs.fields
+        write_exit_information(f, exit)
+        load_host_state(f, self.state)
+        vmentry.load_msrs(self.memory, f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT], self.state)
         return exit
 
     def invept(self, type_: int, descriptor: bytes) -> int:

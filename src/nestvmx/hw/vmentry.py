@@ -55,7 +55,7 @@ from nestvmx.hw.state import (
     canonical,
 )
 from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR, read_revision
-from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, load_cr0
 
 Fields = dict[int, int]
 
@@ -64,11 +64,27 @@ _EFER_VALID = (1 << 0) | EFER_LME | EFER_LMA | (1 << 11)  # SCE, LME, LMA, NXE
 _PERF_GLOBAL_CTRL_VALID = 0x0000_0007_0000_000F  # 4 general and 3 fixed counters
 _DEBUGCTL_RESERVED = 0xFFFF_FFFF_FFFF_803C  # bits 2-5 and 15-63
 _RFLAGS_RESERVED = 0xFFFF_FFFF_FFC0_8028  # bits 63:22, 15, 5, 3
-_PENDING_DBG_VALID = 0x1_500F  # B3-B0, enabled breakpoint, BS, RTM
+# B3-B0, enabled breakpoint, BS.  Bit 16 (RTM) needs CPUID RTM, which no modelled processor
+# enumerates (Haswell's TSX is disabled by microcode, erratum HSW136); Bochs also rejects it.
+_PENDING_DBG_VALID = 0x500F
 _BS = 1 << 14
-_INTERRUPTIBILITY_RESERVED = 0xFFFF_FFE0
+# Bits 31:5 are reserved; bit 4 (enclave interruption) needs SGX, which no modelled processor has.
+_INTERRUPTIBILITY_RESERVED = 0xFFFF_FFF0
 _BLOCK_STI, _BLOCK_MOV_SS, _BLOCK_SMI, _BLOCK_NMI = 1, 2, 4, 8
-_ACTIVITY_HLT = 1
+_ACTIVITY_HLT, _ACTIVITY_SHUTDOWN, _ACTIVITY_WAIT_FOR_SIPI = 1, 2, 3
+
+
+def _injection_allowed(activity: int, kind: int, vector: int) -> bool:
+    """SDM §27.3.1.5: the events VM entry may inject into each activity state."""
+    if activity == _ACTIVITY_HLT:
+        return (
+            kind in (InterruptionType.EXTERNAL_INTERRUPT, InterruptionType.NMI)
+            or (kind == InterruptionType.HARDWARE_EXCEPTION and vector in (1, 18))
+            or (kind == InterruptionType.OTHER_EVENT and vector == 0)
+        )
+    if activity == _ACTIVITY_SHUTDOWN:
+        return kind == InterruptionType.NMI or (kind == InterruptionType.HARDWARE_EXCEPTION and vector == 18)
+    return activity != _ACTIVITY_WAIT_FOR_SIPI
 
 
 def _addr_ok(model: CpuModel, address: int, align: int = 0x1000) -> bool:
@@ -380,24 +396,30 @@ def check_guest_state(model: CpuModel, f: Fields, memory: PhysicalMemory, curren
         return "HLT activity state with SS.DPL != 0", fail
     if activity and intr & (_BLOCK_STI | _BLOCK_MOV_SS):
         return "inactive guest with STI/MOV-SS blocking", fail
+    if injecting and not _injection_allowed(activity, inject_kind, intr_info & 0xFF):
+        return "event injection blocked in the activity state", fail
     if intr & _INTERRUPTIBILITY_RESERVED:
         return "guest interruptibility reserved bits", fail
     if intr & _BLOCK_STI and intr & _BLOCK_MOV_SS:
         return "both STI and MOV-SS blocking", fail
     if not rflags & RFLAGS_IF and intr & _BLOCK_STI:
         return "STI blocking with RFLAGS.IF = 0", fail
-    if inject_kind in (InterruptionType.EXTERNAL_INTERRUPT, InterruptionType.NMI) and intr & (
-        _BLOCK_STI | _BLOCK_MOV_SS
-    ):
+    if inject_kind == InterruptionType.EXTERNAL_INTERRUPT and intr & (_BLOCK_STI | _BLOCK_MOV_SS):
         return "event injected under STI/MOV-SS blocking", fail
+    if inject_kind == InterruptionType.NMI and intr & _BLOCK_MOV_SS:
+        return "event injected under STI/MOV-SS blocking", fail
+    # "A processor may require bit 0 (blocking by STI) to be 0" when injecting an NMI; this one
+    # does, and reports it with exit qualification 3 (§27.8).
+    if inject_kind == InterruptionType.NMI and intr & _BLOCK_STI:
+        return "NMI injected under STI blocking", EntryFailureQualification.NMI_INJECTION
     if intr & _BLOCK_SMI:
         return "blocking by SMI outside SMM", fail
     if (
         inject_kind == InterruptionType.NMI
-        and not f[F.PIN_BASED_VM_EXEC_CONTROL] & PinBased.VIRTUAL_NMIS
+        and f[F.PIN_BASED_VM_EXEC_CONTROL] & PinBased.VIRTUAL_NMIS
         and intr & _BLOCK_NMI
     ):
-        return "NMI injected while blocked by NMI", fail
+        return "NMI injected while blocked by virtual NMI", fail
     pending = f[F.GUEST_PENDING_DBG_EXCEPTIONS]
     if pending & ~_PENDING_DBG_VALID:
         return "pending debug exceptions reserved bits", fail
@@ -521,7 +543,7 @@ def load_guest_state(f: Fields, s: CpuState) -> None:
     """SDM §27.3.2: processor state from the guest-state area."""
     entry_ctls = f[F.VM_ENTRY_CONTROLS]
     ia32e = bool(entry_ctls & EntryCtls.IA32E_MODE_GUEST)
-    s.cr0, s.cr3, s.cr4 = f[F.GUEST_CR0], f[F.GUEST_CR3], f[F.GUEST_CR4]
+    s.cr0, s.cr3, s.cr4 = load_cr0(s.cr0, f[F.GUEST_CR0]), f[F.GUEST_CR3], f[F.GUEST_CR4]
     if entry_ctls & EntryCtls.LOAD_DEBUG_CONTROLS:
         s.dr7, s.debugctl = f[F.GUEST_DR7], f[F.GUEST_IA32_DEBUGCTL]
     s.sysenter_cs, s.sysenter_esp, s.sysenter_eip = (

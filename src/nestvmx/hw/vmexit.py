@@ -23,6 +23,16 @@ from nestvmx.hw.state import (
     Segment,
 )
 
+# The CR0 bits that VM entry and VM exit load from a CR0 field: PE, MP, EM, TS, NE, WP, AM, PG.
+# ET, NW, CD and the reserved bits (15:6, 17, 28:19, 63:32) are never modified (SDM §27.3.2.1,
+# §28.5.1); Bochs masks them the same way (VMX_KEEP_CR0_BITS = 0x7FFAFFD0).
+CR0_LOADED_BITS = 0x8005_002F
+
+
+def load_cr0(current: int, field: int) -> int:
+    return current & ~CR0_LOADED_BITS | field & CR0_LOADED_BITS
+
+
 GUEST_SEGMENT_FIELDS = (  # selector, base, limit, access rights of ES, CS, SS, DS, FS, GS, LDTR, TR
     (F.GUEST_ES_SELECTOR, F.GUEST_ES_BASE, F.GUEST_ES_LIMIT, F.GUEST_ES_AR_BYTES),
     (F.GUEST_CS_SELECTOR, F.GUEST_CS_BASE, F.GUEST_CS_LIMIT, F.GUEST_CS_AR_BYTES),
@@ -91,7 +101,7 @@ def save_guest_state(fields: dict[int, int], s: CpuState) -> None:
     fields[F.GUEST_RSP] = s.rsp
     fields[F.GUEST_RIP] = s.rip
     fields[F.GUEST_RFLAGS] = s.rflags
-    for seg, (sel, base, limit, ar) in zip(s.segs, GUEST_SEGMENT_FIELDS):
+    for seg, (sel, base, limit, ar) in zip(s.segs, GUEST_SEGMENT_FIELDS, strict=True):
         fields[sel], fields[base], fields[limit], fields[ar] = seg.selector, seg.base, seg.limit, seg.ar
     fields[F.GUEST_GDTR_BASE], fields[F.GUEST_GDTR_LIMIT] = s.gdtr_base, s.gdtr_limit
     fields[F.GUEST_IDTR_BASE], fields[F.GUEST_IDTR_LIMIT] = s.idtr_base, s.idtr_limit
@@ -120,7 +130,7 @@ def load_host_state(fields: dict[int, int], s: CpuState) -> None:
     """SDM §28.5: processor state from the host-state area; RFLAGS is cleared but for bit 1."""
     exit_ctls = fields[F.VM_EXIT_CONTROLS]
     long_mode = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
-    s.cr0 = fields[F.HOST_CR0]
+    s.cr0 = load_cr0(s.cr0, fields[F.HOST_CR0])
     s.cr3 = fields[F.HOST_CR3]
     s.cr4 = fields[F.HOST_CR4] | (CR4_PAE if long_mode else 0)
     s.dr7 = 0x400

@@ -63,8 +63,12 @@ class VM:
                 path = build_guest([path])
             data = read_program(path)
         loaded = parse_program(data, address, self.memory_size)
-        self.vcpu = VmxVcpu(self.host.model, self.memory_size, self._write_console,
-                            lambda line: self.trace_sink and self.trace_sink(line))
+        self.vcpu = VmxVcpu(
+            self.host.model,
+            self.memory_size,
+            self._write_console,
+            lambda line: self.trace_sink and self.trace_sink(line),
+        )
         build_platform(self.vcpu.memory, self.memory_size)
         for segment_address, blob in loaded.segments:
             self.vcpu.memory.write(segment_address, blob)

@@ -61,8 +61,17 @@ def initial_state(entry: int, rsp: int = INITIAL_RSP) -> CpuState:
     segs[Seg.CS] = code
     segs.append(Segment(0, 0, 0, AR_UNUSABLE))
     segs.append(Segment(TSS_SELECTOR, TSS, 0x67, 0xB | AR_P))
-    s = CpuState(segs=segs, rip=entry, cr0=CR0_PE | CR0_NE | CR0_PG | _CR0_ET, cr3=PML4, cr4=CR4_PAE,
-                 efer=EFER_LME | EFER_LMA | EFER_NXE, gdtr_base=GDT, gdtr_limit=TSS_SELECTOR + 15, idtr_base=0,
-                 idtr_limit=0)
+    s = CpuState(
+        segs=segs,
+        rip=entry,
+        cr0=CR0_PE | CR0_NE | CR0_PG | _CR0_ET,
+        cr3=PML4,
+        cr4=CR4_PAE,
+        efer=EFER_LME | EFER_LMA | EFER_NXE,
+        gdtr_base=GDT,
+        gdtr_limit=TSS_SELECTOR + 15,
+        idtr_base=0,
+        idtr_limit=0,
+    )
     s.rsp = rsp
     return s

@@ -60,8 +60,13 @@ class L0Bug(Exception):
 class VmxVcpu:
     """One vCPU of a VM, with its vmcs01."""
 
-    def __init__(self, model: CpuModel, guest_size: int, console: Callable[[bytes], None],
-                 trace: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: CpuModel,
+        guest_size: int,
+        console: Callable[[bytes], None],
+        trace: Callable[[str], None] | None = None,
+    ) -> None:
         self.model = model
         self.guest_size = guest_size
         self.memory = PhysicalMemory(guest_size + L0_AREA_SIZE)
@@ -126,16 +131,33 @@ class VmxVcpu:
         if cpu.vmxon(self.vmxon_region) != VM_SUCCEED or cpu.vmclear(self.vmcs01) or cpu.vmptrld(self.vmcs01):
             raise L0Bug("cannot enter VMX operation on the processor model")
         pin = self._controls(ControlKind.PIN, PinBased.EXT_INTR_EXITING | PinBased.NMI_EXITING)
-        primary = self._controls(ControlKind.PRIMARY, PrimaryCtls.HLT_EXITING | PrimaryCtls.UNCOND_IO_EXITING
-                                 | PrimaryCtls.MWAIT_EXITING | PrimaryCtls.MONITOR_EXITING
-                                 | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS)
-        secondary = self._controls(ControlKind.SECONDARY, SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
-                                   | SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID)
-        exit_ctls = self._controls(ControlKind.EXIT, ExitCtls.HOST_ADDR_SPACE_SIZE | ExitCtls.SAVE_EFER
-                                   | ExitCtls.LOAD_EFER | ExitCtls.SAVE_PAT | ExitCtls.LOAD_PAT
-                                   | ExitCtls.ACK_INTR_ON_EXIT)
-        entry_ctls = self._controls(ControlKind.ENTRY, EntryCtls.IA32E_MODE_GUEST | EntryCtls.LOAD_EFER
-                                    | EntryCtls.LOAD_PAT)
+        primary = self._controls(
+            ControlKind.PRIMARY,
+            PrimaryCtls.HLT_EXITING
+            | PrimaryCtls.UNCOND_IO_EXITING
+            | PrimaryCtls.MWAIT_EXITING
+            | PrimaryCtls.MONITOR_EXITING
+            | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS,
+        )
+        secondary = self._controls(
+            ControlKind.SECONDARY,
+            SecondaryCtls.ENABLE_EPT
+            | SecondaryCtls.ENABLE_VPID
+            | SecondaryCtls.ENABLE_RDTSCP
+            | SecondaryCtls.ENABLE_INVPCID,
+        )
+        exit_ctls = self._controls(
+            ControlKind.EXIT,
+            ExitCtls.HOST_ADDR_SPACE_SIZE
+            | ExitCtls.SAVE_EFER
+            | ExitCtls.LOAD_EFER
+            | ExitCtls.SAVE_PAT
+            | ExitCtls.LOAD_PAT
+            | ExitCtls.ACK_INTR_ON_EXIT,
+        )
+        entry_ctls = self._controls(
+            ControlKind.ENTRY, EntryCtls.IA32E_MODE_GUEST | EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT
+        )
         host = cpu.state
         values = {
             F.PIN_BASED_VM_EXEC_CONTROL: pin,
@@ -152,17 +174,33 @@ class VmxVcpu:
             F.CR0_READ_SHADOW: guest.cr0,
             F.CR4_READ_SHADOW: guest.cr4,
             F.VMCS_LINK_POINTER: 0xFFFF_FFFF_FFFF_FFFF,
-            F.HOST_CR0: host.cr0, F.HOST_CR3: self.eptp & ~0xFFF, F.HOST_CR4: host.cr4,
-            F.HOST_CS_SELECTOR: 0x08, F.HOST_SS_SELECTOR: 0x10, F.HOST_DS_SELECTOR: 0x10,
-            F.HOST_ES_SELECTOR: 0x10, F.HOST_TR_SELECTOR: 0x18,
-            F.HOST_IA32_EFER: host.efer, F.HOST_IA32_PAT: host.pat,
-            F.HOST_RIP: _HOST_RIP, F.HOST_RSP: 0,
-            F.GUEST_CR0: guest.cr0, F.GUEST_CR3: guest.cr3, F.GUEST_CR4: guest.cr4 | CR4_VMXE,
-            F.GUEST_DR7: guest.dr7, F.GUEST_RSP: guest.rsp, F.GUEST_RIP: guest.rip, F.GUEST_RFLAGS: guest.rflags,
-            F.GUEST_GDTR_BASE: guest.gdtr_base, F.GUEST_GDTR_LIMIT: guest.gdtr_limit,
-            F.GUEST_IDTR_BASE: guest.idtr_base, F.GUEST_IDTR_LIMIT: guest.idtr_limit,
-            F.GUEST_IA32_EFER: guest.efer, F.GUEST_IA32_PAT: guest.pat,
-            F.GUEST_ACTIVITY_STATE: 0, F.GUEST_INTERRUPTIBILITY_INFO: 0,
+            F.HOST_CR0: host.cr0,
+            F.HOST_CR3: self.eptp & ~0xFFF,
+            F.HOST_CR4: host.cr4,
+            F.HOST_CS_SELECTOR: 0x08,
+            F.HOST_SS_SELECTOR: 0x10,
+            F.HOST_DS_SELECTOR: 0x10,
+            F.HOST_ES_SELECTOR: 0x10,
+            F.HOST_TR_SELECTOR: 0x18,
+            F.HOST_IA32_EFER: host.efer,
+            F.HOST_IA32_PAT: host.pat,
+            F.HOST_RIP: _HOST_RIP,
+            F.HOST_RSP: 0,
+            F.GUEST_CR0: guest.cr0,
+            F.GUEST_CR3: guest.cr3,
+            F.GUEST_CR4: guest.cr4 | CR4_VMXE,
+            F.GUEST_DR7: guest.dr7,
+            F.GUEST_RSP: guest.rsp,
+            F.GUEST_RIP: guest.rip,
+            F.GUEST_RFLAGS: guest.rflags,
+            F.GUEST_GDTR_BASE: guest.gdtr_base,
+            F.GUEST_GDTR_LIMIT: guest.gdtr_limit,
+            F.GUEST_IDTR_BASE: guest.idtr_base,
+            F.GUEST_IDTR_LIMIT: guest.idtr_limit,
+            F.GUEST_IA32_EFER: guest.efer,
+            F.GUEST_IA32_PAT: guest.pat,
+            F.GUEST_ACTIVITY_STATE: 0,
+            F.GUEST_INTERRUPTIBILITY_INFO: 0,
         }
         for seg, (sel, base, limit, ar) in zip(guest.segs, GUEST_SEGMENT_FIELDS, strict=True):
             values.update({sel: seg.selector, base: seg.base, limit: seg.limit, ar: seg.ar})
@@ -205,7 +243,8 @@ class VmxVcpu:
             self.trace(
                 f"kvm_exit: L1 vcpu 0 reason {exit_reason_name(basic)} rip {self._vmread(F.GUEST_RIP):#x} "
                 f"info1 {self._vmread(F.EXIT_QUALIFICATION):#x} info2 0x0 "
-                f"intr_info {self._vmread(F.VM_EXIT_INTR_INFO):#x} error_code {self._vmread(F.VM_EXIT_INTR_ERROR_CODE):#x}"
+                f"intr_info {self._vmread(F.VM_EXIT_INTR_INFO):#x} "
+                f"error_code {self._vmread(F.VM_EXIT_INTR_ERROR_CODE):#x}"
             )
         if reason & (1 << 31):
             raise L0Bug(f"VM-entry failure of vmcs01: {exit_reason_name(basic)} ({self.cpu.last_entry_check})")
@@ -262,7 +301,12 @@ class VmxVcpu:
 
     def handle_io(self) -> RunEnd | None:
         qualification = self._vmread(F.EXIT_QUALIFICATION)
-        port, size, is_in, string = qualification >> 16, (qualification & 7) + 1, qualification >> 3 & 1, qualification >> 4 & 1
+        port, size, is_in, string = (
+            qualification >> 16,
+            (qualification & 7) + 1,
+            qualification >> 3 & 1,
+            qualification >> 4 & 1,
+        )
         if string:
             return self.crash(f"string I/O on port {port:#x} is not supported by this platform")
         mask = (1 << (8 * size)) - 1
@@ -294,13 +338,26 @@ class VmxVcpu:
         self.skip_emulated_instruction()
         return None
 
-    _VMCS_MSRS = {Msr.IA32_EFER: F.GUEST_IA32_EFER, Msr.IA32_PAT: F.GUEST_IA32_PAT,
-                  Msr.IA32_FS_BASE: F.GUEST_FS_BASE, Msr.IA32_GS_BASE: F.GUEST_GS_BASE,
-                  Msr.IA32_SYSENTER_CS: F.GUEST_SYSENTER_CS, Msr.IA32_SYSENTER_ESP: F.GUEST_SYSENTER_ESP,
-                  Msr.IA32_SYSENTER_EIP: F.GUEST_SYSENTER_EIP}
+    _VMCS_MSRS = {
+        Msr.IA32_EFER: F.GUEST_IA32_EFER,
+        Msr.IA32_PAT: F.GUEST_IA32_PAT,
+        Msr.IA32_FS_BASE: F.GUEST_FS_BASE,
+        Msr.IA32_GS_BASE: F.GUEST_GS_BASE,
+        Msr.IA32_SYSENTER_CS: F.GUEST_SYSENTER_CS,
+        Msr.IA32_SYSENTER_ESP: F.GUEST_SYSENTER_ESP,
+        Msr.IA32_SYSENTER_EIP: F.GUEST_SYSENTER_EIP,
+    }
     # MSRs kept by L0 for the guest with their reset values (KVM's kvm_get/set_msr_common subset).
-    _SOFTWARE_MSRS = {Msr.IA32_KERNEL_GS_BASE: 0, 0xC0000081: 0, 0xC0000082: 0, 0xC0000083: 0, 0xC0000084: 0,
-                      0xC0000103: 0, 0x1A0: 1, 0x10: 0}  # STAR, LSTAR, CSTAR, FMASK, TSC_AUX, MISC_ENABLE, TSC
+    _SOFTWARE_MSRS = {
+        Msr.IA32_KERNEL_GS_BASE: 0,
+        0xC0000081: 0,
+        0xC0000082: 0,
+        0xC0000083: 0,
+        0xC0000084: 0,
+        0xC0000103: 0,
+        0x1A0: 1,
+        0x10: 0,
+    }  # STAR, LSTAR, CSTAR, FMASK, TSC_AUX, MISC_ENABLE, TSC
 
     def get_msr(self, index: int) -> int | None:
         if index in self.guest_msrs:
@@ -380,8 +437,20 @@ _EXIT_HANDLERS: dict[int, Callable[[VmxVcpu], RunEnd | None]] = {
     ExitReason.HLT: VmxVcpu.handle_hlt,
     ExitReason.VMCALL: VmxVcpu.handle_vmcall,
     ExitReason.EPT_VIOLATION: VmxVcpu.handle_ept_violation,
-    **{r: VmxVcpu.handle_vmx_instruction for r in (
-        ExitReason.VMCLEAR, ExitReason.VMLAUNCH, ExitReason.VMPTRLD, ExitReason.VMPTRST, ExitReason.VMREAD,
-        ExitReason.VMRESUME, ExitReason.VMWRITE, ExitReason.VMXOFF, ExitReason.VMXON, ExitReason.INVEPT,
-        ExitReason.INVVPID)},
+    **{
+        r: VmxVcpu.handle_vmx_instruction
+        for r in (
+            ExitReason.VMCLEAR,
+            ExitReason.VMLAUNCH,
+            ExitReason.VMPTRLD,
+            ExitReason.VMPTRST,
+            ExitReason.VMREAD,
+            ExitReason.VMRESUME,
+            ExitReason.VMWRITE,
+            ExitReason.VMXOFF,
+            ExitReason.VMXON,
+            ExitReason.INVEPT,
+            ExitReason.INVVPID,
+        )
+    },
 }
