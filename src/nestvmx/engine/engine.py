@@ -53,7 +53,13 @@ _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.O
 # before them): code hooks stop the guest in front of each.
 _SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, *_IO}
 _MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
-_CR_NUMBER = {iced_x86.Register.CR0: 0, iced_x86.Register.CR3: 3, iced_x86.Register.CR4: 4, iced_x86.Register.CR8: 8}
+_CR_NUMBER = {
+    iced_x86.Register.CR0: 0,
+    iced_x86.Register.CR2: 2,
+    iced_x86.Register.CR3: 3,
+    iced_x86.Register.CR4: 4,
+    iced_x86.Register.CR8: 8,
+}
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 _CR0_TS = 1 << 3
@@ -226,8 +232,9 @@ class Engine:
         return True
 
     def _on_interrupt(self, uc: Uc, vector: int, _ud) -> None:
+        # CR2 must be read here: after emu_start returns, Unicorn reports a wrong CR2.
         if self.stop is None:
-            self._halt("exception", uc.reg_read(X.UC_X86_REG_RIP), vector=vector)
+            self._halt("exception", uc.reg_read(X.UC_X86_REG_RIP), vector=vector, cr2=uc.reg_read(X.UC_X86_REG_CR2))
 
     def _on_memory_fault(self, uc: Uc, access: int, address: int, size: int, value: int, _ud) -> bool:
         if self.stop is None:
@@ -284,6 +291,7 @@ class Engine:
         if stop.kind == "invalid":
             return self._invalid_instruction(stop.rip)
         if stop.kind == "exception":
+            cpu.state.cr2 = stop.data["cr2"]
             return self._exception(stop.data["vector"])
         if stop.kind == "special":
             return self._special(stop.rip)
@@ -416,6 +424,13 @@ class Engine:
         gpr = _ICED_GPR64.index(gpr_reg) if gpr_reg in _ICED_GPR64 else _ICED_GPR32.index(gpr_reg)
         if cr is None:
             return self._exception(Vector.UD)
+        if cr == 2:  # never intercepted; emulated because Unicorn's CR2 is not reliable (uc_state.py)
+            if to_cr:
+                s.cr2 = s.gpr[gpr]
+            else:
+                s.gpr[gpr] = s.cr2
+            s.rip += length
+            return None
         qualification = cr | (0 if to_cr else 1) << 4 | gpr << 8
         if to_cr:
             value = s.gpr[gpr]
@@ -485,6 +500,7 @@ class Engine:
             if vector == Vector.PF:
                 s.cr2 = self.cr2_before_run  # a #PF that exits leaves CR2 alone (SDM §27.1)
             length = self._software_length() if software else 0
+            s.rip -= length  # the exit reports the INT3/INTO/INT n instruction itself (SDM §28.2.4)
             return self._exit(
                 ExitReason.EXCEPTION_NMI,
                 length=length,

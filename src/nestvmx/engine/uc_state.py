@@ -93,12 +93,14 @@ def load_into_unicorn(uc: Uc, s: CpuState) -> None:
 
 
 def save_from_unicorn(uc: Uc, s: CpuState, read_linear) -> None:
-    """Copy Unicorn's CPU back into `s` (VM exit).  `read_linear(address, size)` reads the GDT."""
+    """Copy Unicorn's CPU back into `s` (VM exit).  `read_linear(address, size)` reads the GDT.
+
+    CR2 is not read: Unicorn 2.1.4 reports a wrong value once emu_start has returned, so the
+    engine records it where it changes (page faults, MOV to CR2)."""
     s.gpr[:] = [uc.reg_read(reg) for reg in GPR_IDS]
     s.rip = uc.reg_read(X.UC_X86_REG_RIP)
     s.rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
     s.cr0 = uc.reg_read(X.UC_X86_REG_CR0)
-    s.cr2 = uc.reg_read(X.UC_X86_REG_CR2)
     s.cr3 = uc.reg_read(X.UC_X86_REG_CR3)
     s.cr4 = uc.reg_read(X.UC_X86_REG_CR4)
     s.dr7 = uc.reg_read(X.UC_X86_REG_DR7)
@@ -118,6 +120,8 @@ def save_from_unicorn(uc: Uc, s: CpuState, read_linear) -> None:
     for reg, seg in ((X.UC_X86_REG_LDTR, Seg.LDTR), (X.UC_X86_REG_TR, Seg.TR)):
         selector, base, limit, flags = uc.reg_read(reg)
         ar = (flags >> 8) & 0xF0FF
+        if seg == Seg.TR and ar & 0xF in (1, 9):
+            ar |= 2  # LTR marks the TSS busy; QEMU keeps the pre-LTR type in its segment cache
         s.segs[seg] = Segment(selector, base, limit, ar if ar & 0x80 else AR_UNUSABLE)
     s.sysenter_cs = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_CS)
     s.sysenter_esp = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_ESP)
