@@ -259,13 +259,19 @@ class VmxVcpu:
         if interruptibility & 3:
             self._vmwrite(F.GUEST_INTERRUPTIBILITY_INFO, interruptibility & ~3)
 
-    def queue_exception(self, vector: int, error_code: int | None = None) -> None:
-        """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception)."""
+    def queue_exception(self, vector: int, error_code: int | None = None) -> RunEnd | None:
+        """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception).
+
+        The platform has no IDT at entry: an exception before the guest loads one ends the run."""
+        if self._vmread(F.GUEST_IDTR_LIMIT) == 0:
+            name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
+            return self.crash(f"guest crashed: #{name} (vector {vector})")
         info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
         if error_code is not None:
             info |= INTR_INFO_DELIVER_ERROR_CODE
             self._vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
         self._vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
+        return None
 
     def crash(self, what: str) -> RunEnd:
         return RunEnd("crash", 0, f"{what} at RIP {self._vmread(F.GUEST_RIP):#x}")
@@ -277,8 +283,7 @@ class VmxVcpu:
         vector = info & 0xFF
         error_code = self._vmread(F.VM_EXIT_INTR_ERROR_CODE) if info & INTR_INFO_DELIVER_ERROR_CODE else None
         if self._vmread(F.GUEST_IDTR_LIMIT) == 0:
-            name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
-            return self.crash(f"guest crashed: #{name} (vector {vector})")
+            return self.queue_exception(vector)  # no IDT yet: ends the run as a crash
         # L1 has an IDT: give it the exception, as the processor would have without interception.
         if vector == Vector.PF:
             self.cr2 = self._vmread(F.EXIT_QUALIFICATION)
@@ -287,8 +292,7 @@ class VmxVcpu:
             self._vmwrite(F.VM_ENTRY_INSTRUCTION_LEN, self._vmread(F.VM_EXIT_INSTRUCTION_LEN))
             self._vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info & ~(1 << 12))
             return None
-        self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
-        return None
+        return self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
 
     def handle_triple_fault(self) -> RunEnd:
         return self.crash("guest crashed: triple fault")
@@ -323,8 +327,7 @@ class VmxVcpu:
         index = self.regs[1] & 0xFFFF_FFFF
         value = self.get_msr(index)
         if value is None:
-            self.queue_exception(Vector.GP, 0)
-            return None
+            return self.queue_exception(Vector.GP, 0)
         self.regs[0], self.regs[2] = value & 0xFFFF_FFFF, value >> 32
         self.skip_emulated_instruction()
         return None
@@ -333,8 +336,7 @@ class VmxVcpu:
         index = self.regs[1] & 0xFFFF_FFFF
         value = (self.regs[2] & 0xFFFF_FFFF) << 32 | (self.regs[0] & 0xFFFF_FFFF)
         if not self.set_msr(index, value):
-            self.queue_exception(Vector.GP, 0)
-            return None
+            return self.queue_exception(Vector.GP, 0)
         self.skip_emulated_instruction()
         return None
 
@@ -395,8 +397,7 @@ class VmxVcpu:
             self._vmwrite(F.GUEST_CR0, value & ~(CR0_NW | CR0_CD) | self._vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD))
         else:
             if not value & CR4_PAE:
-                self.queue_exception(Vector.GP, 0)  # clearing CR4.PAE in IA-32e mode
-                return None
+                return self.queue_exception(Vector.GP, 0)  # clearing CR4.PAE in IA-32e mode
             self._vmwrite(F.CR4_READ_SHADOW, value)  # CR4.VMXE as L1 sees it
             self._vmwrite(F.GUEST_CR4, value | CR4_VMXE)
         self.skip_emulated_instruction()
@@ -413,8 +414,7 @@ class VmxVcpu:
 
     def handle_vmx_instruction(self) -> RunEnd | None:
         """Nested VMX is not emulated yet: VMX instructions raise #UD in the guest."""
-        self.queue_exception(Vector.UD)
-        return None
+        return self.queue_exception(Vector.UD)
 
     def handle_ept_violation(self) -> RunEnd:
         gpa = self._vmread(F.GUEST_PHYSICAL_ADDRESS)

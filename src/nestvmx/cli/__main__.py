@@ -1,0 +1,3 @@
+from nestvmx.cli.main import main
+
+main()
