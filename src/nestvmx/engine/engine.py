@@ -38,7 +38,7 @@ from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.engine.native import counter_library
-from nestvmx.engine.uc_state import descriptor_segment, load_into_unicorn, save_from_unicorn
+from nestvmx.engine.uc_state import UnicornRegisters, descriptor_segment, load_into_unicorn, save_from_unicorn
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
 from nestvmx.hw.processor import LogicalProcessor
@@ -97,7 +97,9 @@ class GuestContext:
         self.engine = engine
         self.eptp = eptp
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.regs = UnicornRegisters(self.uc)
         self.hooked: set[int] = set()
+        self.scanned: set[int] = set()  # block starts already searched for special instructions
         self.instructions = ctypes.c_uint64(0)
         self._map_memory()
         self._add_hooks()
@@ -159,11 +161,6 @@ class Engine:
         ctx = self.contexts.get(eptp)
         return ctx.instructions.value if ctx else 0
 
-    def flush_code(self) -> None:
-        """Host memory changed behind the guests' backs (e.g. loading a program): drop translations."""
-        for ctx in self.contexts.values():
-            ctx.uc.ctl_flush_tb()
-
     def guest_memory(self) -> GuestMemory:
         return GuestMemory(self.cpu.model, self.cpu.memory, self.cpu.state, self._eptp())
 
@@ -172,18 +169,26 @@ class Engine:
         cpu = self.cpu
         if not cpu.non_root:
             raise EngineError("run() needs a guest: VMLAUNCH/VMRESUME first")
-        ctx = self.ctx = self._context(self._eptp())
+        ctx = self._context(self._eptp())
+        if self.ctx is not None and self.ctx is not ctx:
+            # Another guest (another Unicorn instance) ran since: it may have written code this one
+            # has translated, and Unicorn does not invalidate across instances.
+            ctx.uc.ctl_flush_tb()
+            ctx.scanned.clear()
+        self.ctx = ctx
         if cpu.pending_injection:
             exit = self._inject(cpu.pending_injection)
             cpu.pending_injection = None
             if exit:
                 return exit
         while True:
-            load_into_unicorn(ctx.uc, cpu.state)
+            load_into_unicorn(ctx.regs, cpu.state)
             _reset_exception_state(ctx.uc)
             self.stop = None
             self.cr2_before_run = cpu.state.cr2
-            self._scan(cpu.state.rip)
+            if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
+                ctx.scanned.add(cpu.state.rip)
+                self._scan(cpu.state.rip)
             try:
                 ctx.uc.emu_start(cpu.state.rip, 0xFFFF_FFFF_FFFF_FFFF)
             except UcError as err:
@@ -280,7 +285,7 @@ class Engine:
     # ------------------------------------------------------------ after a stop
 
     def _save_state(self) -> None:
-        save_from_unicorn(self.ctx.uc, self.cpu.state, self.guest_memory().read)
+        save_from_unicorn(self.ctx.regs, self.cpu.state, self.guest_memory().read)
 
     def _after_stop(self) -> VmExit | None:
         stop, cpu = self.stop, self.cpu

@@ -64,65 +64,95 @@ def descriptor_segment(selector: int, raw: int) -> Segment:
     return Segment(selector, base, limit, ar)
 
 
-def load_into_unicorn(uc: Uc, s: CpuState) -> None:
+class UnicornRegisters:
+    """Register access to one Unicorn instance that skips writes of values it already holds.
+
+    Every register this module writes is read back at each exit, so the cache is exact; a VM
+    entry then writes only what the VMM or the processor model changed (reg_write costs ~2 us)."""
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.known: dict[object, object] = {}
+
+    def write(self, reg: int, value, key: object = None) -> None:
+        key = reg if key is None else key
+        if self.known.get(key) != value:
+            self.uc.reg_write(reg, value)
+            self.known[key] = value
+
+    def read(self, reg: int, key: object = None):
+        value = self.uc.reg_read(reg)
+        self.known[reg if key is None else key] = value
+        return value
+
+    def read_msr(self, index: int) -> int:
+        value = self.uc.reg_read(X.UC_X86_REG_MSR, index)
+        self.known[("msr", index)] = (index, value)
+        return value
+
+    def write_msr(self, index: int, value: int) -> None:
+        self.write(X.UC_X86_REG_MSR, (index, value), ("msr", index))
+
+
+def load_into_unicorn(r: UnicornRegisters, s: CpuState) -> None:
     """Make Unicorn's CPU the processor state `s` (VM entry)."""
-    uc.reg_write(X.UC_X86_REG_GDTR, (0, s.gdtr_base, s.gdtr_limit, 0))
-    uc.reg_write(X.UC_X86_REG_IDTR, (0, s.idtr_base, s.idtr_limit, 0))
-    uc.reg_write(X.UC_X86_REG_CR4, s.cr4)
-    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_EFER, s.efer))
-    uc.reg_write(X.UC_X86_REG_CR3, s.cr3)
-    uc.reg_write(X.UC_X86_REG_CR0, s.cr0)
-    uc.reg_write(X.UC_X86_REG_CR2, s.cr2)
+    r.write(X.UC_X86_REG_GDTR, (0, s.gdtr_base, s.gdtr_limit, 0))
+    r.write(X.UC_X86_REG_IDTR, (0, s.idtr_base, s.idtr_limit, 0))
+    r.write(X.UC_X86_REG_CR4, s.cr4)
+    r.write_msr(Msr.IA32_EFER, s.efer)
+    r.write(X.UC_X86_REG_CR3, s.cr3)
+    r.write(X.UC_X86_REG_CR0, s.cr0)
+    r.uc.reg_write(X.UC_X86_REG_CR2, s.cr2)  # not cached: Unicorn's CR2 is not readable (see below)
     for seg, reg in _SEG_IDS.items():
-        uc.reg_write(reg, s.segs[seg].selector)
+        r.write(reg, s.segs[seg].selector)
     for reg, seg in ((X.UC_X86_REG_LDTR, s.segs[Seg.LDTR]), (X.UC_X86_REG_TR, s.segs[Seg.TR])):
-        uc.reg_write(reg, (seg.selector, seg.base, seg.limit, (seg.ar & 0xF0FF) << 8))
-    uc.reg_write(X.UC_X86_REG_FS_BASE, s.segs[Seg.FS].base)
-    uc.reg_write(X.UC_X86_REG_GS_BASE, s.segs[Seg.GS].base)
-    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_SYSENTER_CS, s.sysenter_cs))
-    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_SYSENTER_ESP, s.sysenter_esp))
-    uc.reg_write(X.UC_X86_REG_MSR, (Msr.IA32_SYSENTER_EIP, s.sysenter_eip))
-    uc.reg_write(X.UC_X86_REG_DR7, s.dr7)
+        r.write(reg, (seg.selector, seg.base, seg.limit, (seg.ar & 0xF0FF) << 8))
+    r.write(X.UC_X86_REG_FS_BASE, s.segs[Seg.FS].base)
+    r.write(X.UC_X86_REG_GS_BASE, s.segs[Seg.GS].base)
+    r.write_msr(Msr.IA32_SYSENTER_CS, s.sysenter_cs)
+    r.write_msr(Msr.IA32_SYSENTER_ESP, s.sysenter_esp)
+    r.write_msr(Msr.IA32_SYSENTER_EIP, s.sysenter_eip)
+    r.write(X.UC_X86_REG_DR7, s.dr7)
     for index, value in s.msrs.items():
         if index in _PASSTHROUGH_MSRS:
-            uc.reg_write(X.UC_X86_REG_MSR, (index, value))
+            r.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
     for reg, value in zip(GPR_IDS, s.gpr, strict=True):
-        uc.reg_write(reg, value)
-    uc.reg_write(X.UC_X86_REG_RFLAGS, s.rflags)
-    uc.reg_write(X.UC_X86_REG_RIP, s.rip)
+        r.write(reg, value)
+    r.write(X.UC_X86_REG_RFLAGS, s.rflags)
+    r.write(X.UC_X86_REG_RIP, s.rip)
 
 
-def save_from_unicorn(uc: Uc, s: CpuState, read_linear) -> None:
+def save_from_unicorn(r: UnicornRegisters, s: CpuState, read_linear) -> None:
     """Copy Unicorn's CPU back into `s` (VM exit).  `read_linear(address, size)` reads the GDT.
 
     CR2 is not read: Unicorn 2.1.4 reports a wrong value once emu_start has returned, so the
     engine records it where it changes (page faults, MOV to CR2)."""
-    s.gpr[:] = [uc.reg_read(reg) for reg in GPR_IDS]
-    s.rip = uc.reg_read(X.UC_X86_REG_RIP)
-    s.rflags = uc.reg_read(X.UC_X86_REG_RFLAGS)
-    s.cr0 = uc.reg_read(X.UC_X86_REG_CR0)
-    s.cr3 = uc.reg_read(X.UC_X86_REG_CR3)
-    s.cr4 = uc.reg_read(X.UC_X86_REG_CR4)
-    s.dr7 = uc.reg_read(X.UC_X86_REG_DR7)
-    s.efer = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_EFER)
-    _, s.gdtr_base, s.gdtr_limit, _ = uc.reg_read(X.UC_X86_REG_GDTR)
-    _, s.idtr_base, s.idtr_limit, _ = uc.reg_read(X.UC_X86_REG_IDTR)
+    s.gpr[:] = [r.read(reg) for reg in GPR_IDS]
+    s.rip = r.read(X.UC_X86_REG_RIP)
+    s.rflags = r.read(X.UC_X86_REG_RFLAGS)
+    s.cr0 = r.read(X.UC_X86_REG_CR0)
+    s.cr3 = r.read(X.UC_X86_REG_CR3)
+    s.cr4 = r.read(X.UC_X86_REG_CR4)
+    s.dr7 = r.read(X.UC_X86_REG_DR7)
+    s.efer = r.read_msr(Msr.IA32_EFER)
+    _, s.gdtr_base, s.gdtr_limit, _ = r.read(X.UC_X86_REG_GDTR)
+    _, s.idtr_base, s.idtr_limit, _ = r.read(X.UC_X86_REG_IDTR)
     for seg, reg in _SEG_IDS.items():
-        selector = uc.reg_read(reg)
+        selector = r.read(reg)
         if selector == s.segs[seg].selector:
             continue  # not reloaded: keep the hidden part the processor already has
         raw = 0
         if selector & ~7 and selector | 7 <= s.gdtr_limit and not selector & 4:
             raw = int.from_bytes(read_linear(s.gdtr_base + (selector & ~7), 8), "little")
         s.segs[seg] = descriptor_segment(selector, raw)
-    s.segs[Seg.FS].base = uc.reg_read(X.UC_X86_REG_FS_BASE)
-    s.segs[Seg.GS].base = uc.reg_read(X.UC_X86_REG_GS_BASE)
+    s.segs[Seg.FS].base = r.read(X.UC_X86_REG_FS_BASE)
+    s.segs[Seg.GS].base = r.read(X.UC_X86_REG_GS_BASE)
     for reg, seg in ((X.UC_X86_REG_LDTR, Seg.LDTR), (X.UC_X86_REG_TR, Seg.TR)):
-        selector, base, limit, flags = uc.reg_read(reg)
+        selector, base, limit, flags = r.read(reg)
         ar = (flags >> 8) & 0xF0FF
         if seg == Seg.TR and ar & 0xF in (1, 9):
             ar |= 2  # LTR marks the TSS busy; QEMU keeps the pre-LTR type in its segment cache
         s.segs[seg] = Segment(selector, base, limit, ar if ar & 0x80 else AR_UNUSABLE)
-    s.sysenter_cs = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_CS)
-    s.sysenter_esp = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_ESP)
-    s.sysenter_eip = uc.reg_read(X.UC_X86_REG_MSR, Msr.IA32_SYSENTER_EIP)
+    s.sysenter_cs = r.read_msr(Msr.IA32_SYSENTER_CS)
+    s.sysenter_esp = r.read_msr(Msr.IA32_SYSENTER_ESP)
+    s.sysenter_eip = r.read_msr(Msr.IA32_SYSENTER_EIP)
