@@ -78,7 +78,7 @@ def _describe_encoding(encoding: int) -> str:
 @click.option("--width", type=click.Choice(_WIDTHS), help="Only fields of this width.")
 @click.option("--cpu", type=click.Choice(sorted(CPU_MODELS)), help="Only fields this processor model has.")
 def fields(query: str | None, as_json: bool, type_: str | None, width: str | None, cpu: str | None) -> None:
-    """Look up VMCS fields (Intel SDM Vol. 3D, Appendix B).
+    """Look up VMCS field encodings, widths and types (the SDM's Appendix B).
 
     \b
     QUERY is a field name (GUEST_RIP; case does not matter), part of one
