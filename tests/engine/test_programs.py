@@ -71,7 +71,7 @@ def test_statistics_object_has_the_contract_keys(tmp_path: Path) -> None:
         "wall_seconds",
     }
     assert set(s["l0_exits"]) == {"total", "from_l1", "from_l2", "by_reason"}
-    assert s["nested"] == {"vmentries": 0, "vmexits": 0}
+    assert s["nested"] == {"vmentries": 0, "vmexits": 0, "ept02_fills": 0}
     assert set(s["shadow"]) == {
         "enabled",
         "vmread",

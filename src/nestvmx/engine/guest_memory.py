@@ -62,7 +62,7 @@ class GuestMemory:
         raise AssertionError("unreachable")
 
     def _page_fault(self, linear: int, write: bool, user: bool, fetch: bool, present: bool) -> None:
-        raise X86Exception(Vector.PF, int(present) | int(write) << 1 | int(user) << 2 | int(fetch) << 4)
+        raise X86Exception(Vector.PF, int(present) | int(write) << 1 | int(user) << 2 | int(fetch) << 4, linear)
 
     def page_fault_error_code(self, linear: int, write: bool, fetch: bool) -> int:
         """The #PF error code the processor reports for an access that faulted (SDM Vol. 3A §4.7)."""

@@ -35,8 +35,9 @@ ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vect
 class X86Exception(Exception):
     """A fault raised by the instruction being executed; the instruction has no other effect."""
 
-    def __init__(self, vector: Vector, error_code: int | None = None) -> None:
+    def __init__(self, vector: Vector, error_code: int | None = None, address: int | None = None) -> None:
         self.vector = Vector(vector)
         self.error_code = error_code
+        self.address = address  # the faulting linear address of a #PF (what CR2 receives)
         text = f"#{self.vector.name}" + (f"({error_code:#x})" if error_code is not None else "")
         super().__init__(text)

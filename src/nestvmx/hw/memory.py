@@ -21,6 +21,12 @@ class PhysicalMemory:
         self.size = size
         self.buffer = bytearray(size)
 
+    def window(self, size: int) -> PhysicalMemory:
+        """The first `size` bytes, sharing this buffer (e.g. a guest's RAM inside host memory)."""
+        view = PhysicalMemory.__new__(PhysicalMemory)
+        view.size, view.buffer = min(size, self.size), self.buffer
+        return view
+
     def contains(self, address: int, size: int = 1) -> bool:
         return 0 <= address and address + size <= self.size
 

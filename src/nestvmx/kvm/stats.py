@@ -14,6 +14,7 @@ class RunStats:
     exits_from_l2: Counter[str] = field(default_factory=Counter)
     nested_vmentries: int = 0
     nested_vmexits: int = 0
+    ept02_fills: int = 0
     shadow_enabled: bool = False
     shadow_vmread: int = 0
     shadow_vmwrite: int = 0
@@ -41,7 +42,11 @@ class RunStats:
                 "from_l2": sum(self.exits_from_l2.values()),
                 "by_reason": dict(sorted(by_reason.items())),
             },
-            "nested": {"vmentries": self.nested_vmentries, "vmexits": self.nested_vmexits},
+            "nested": {
+                "vmentries": self.nested_vmentries,
+                "vmexits": self.nested_vmexits,
+                "ept02_fills": self.ept02_fills,
+            },
             "shadow": {
                 "enabled": self.shadow_enabled,
                 "vmread": self.shadow_vmread,

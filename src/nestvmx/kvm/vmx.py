@@ -33,17 +33,18 @@ from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
 from nestvmx.hw.state import CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS
 from nestvmx.kvm.cpuid import cpuid
-from nestvmx.kvm.nested_caps import nested_vmx_msrs
+from nestvmx.kvm.ept import EptTables
+from nestvmx.kvm.nested import NestedVmx
 from nestvmx.kvm.stats import RunStats
 
-L0_AREA_SIZE = 1 << 20  # L0's private host memory above the guest's: VMXON region, VMCSs, EPT
+L0_AREA_SIZE = 4 << 20  # L0's private host memory above the guest's: VMXON region, VMCSs, EPT tables
 CONSOLE_PORT = 0xE9
 EXIT_PORT = 0xF4
 KVM_ENOSYS = 1000
 _HOST_RIP = 0xFFFF_FFFF_8100_0000  # where L0's VM-exit handler would be
 _CR0_HOST_OWNED = CR0_PE | CR0_NE | CR0_PG | CR0_NW | CR0_CD
 _CR4_HOST_OWNED = CR4_VMXE | CR4_PAE
-_EPT_MEMTYPE_WB, _EPT_WALK_4 = 6, 3 << 3
+_CR0_FIXED = CR0_PE | CR0_NE | CR0_PG  # what the processor requires of the real CR0 of a guest
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class L0Bug(Exception):
 
 class VmxVcpu:
     """One vCPU of a VM, with its vmcs01."""
+
+    cr0_host_owned = _CR0_HOST_OWNED
+    cr4_host_owned = _CR4_HOST_OWNED
+    cr0_fixed = _CR0_FIXED
 
     def __init__(
         self,
@@ -79,44 +84,50 @@ class VmxVcpu:
         self.stats = RunStats()
         self.regs = [0] * 16  # guest GPRs (KVM's vcpu->arch.regs), RSP excepted
         self.cr2 = 0
-        self.nested_msrs = nested_vmx_msrs(model)
         self._next_page = guest_size
-        self.vmxon_region = self._alloc_page()
-        self.vmcs01 = self._alloc_page()
+        self._free_pages: list[int] = []
+        self.vmxon_region = self.alloc_page()
+        self.vmcs01 = self.alloc_page()
         self.eptp = self._build_ept01()
-        self.launched = False
+        self.launched: set[int] = set()  # processor VMCSs (vmcs01, vmcs02) entered since their VMCLEAR
+        self.nested = NestedVmx(self)
 
     # ------------------------------------------------------------ set-up
 
-    def _alloc_page(self) -> int:
-        page = self._next_page
-        self._next_page += 0x1000
-        if self._next_page > self.memory.size:
-            raise L0Bug("L0's private memory is exhausted")
+    def alloc_page(self) -> int:
+        """A zeroed page of L0's private memory."""
+        if self._free_pages:
+            page = self._free_pages.pop()
+        else:
+            page = self._next_page
+            self._next_page += 0x1000
+            if self._next_page > self.memory.size:
+                raise L0Bug("L0's private memory is exhausted")
+        self.memory.write(page, bytes(0x1000))
         return page
+
+    def free_pages(self, pages: list[int]) -> None:
+        self._free_pages.extend(pages)
 
     def _build_ept01(self) -> int:
         """Identity EPT for guest memory with 2 MiB pages, read/write/execute, write-back."""
-        pml4, pdpt = self._alloc_page(), self._alloc_page()
-        self.memory.write_u(pml4, 8, pdpt | 7)
-        for gib in range((self.guest_size + (1 << 30) - 1) >> 30):
-            pd = self._alloc_page()
-            self.memory.write_u(pdpt + 8 * gib, 8, pd | 7)
-            for i in range(512):
-                address = (gib << 30) | (i << 21)
-                if address < self.guest_size:
-                    self.memory.write_u(pd + 8 * i, 8, address | 1 << 7 | _EPT_MEMTYPE_WB << 3 | 7)
-        return pml4 | _EPT_WALK_4 | _EPT_MEMTYPE_WB
+        ept01 = EptTables(self.memory, self.alloc_page)
+        for gpa in range(0, self.guest_size, 1 << 21):
+            ept01.map(gpa, gpa, 1 << 21, 7)
+        return ept01.eptp
 
-    def _vmwrite(self, field: int, value: int) -> None:
+    def vmwrite(self, field: int, value: int) -> None:
         if self.cpu.vmwrite(field, value) != VM_SUCCEED:
             raise L0Bug(f"VMWRITE {F(field).name} failed")
 
-    def _vmread(self, field: int) -> int:
+    def vmread(self, field: int) -> int:
         status, value = self.cpu.vmread(field)
         if status != VM_SUCCEED:
             raise L0Bug(f"VMREAD {F(field).name} failed")
         return value
+
+    def adjust_controls_primary(self, wanted: int) -> int:
+        return self._controls(ControlKind.PRIMARY, wanted)
 
     def _controls(self, kind: ControlKind, wanted: int) -> int:
         """adjust_vmx_controls: the wanted bits the processor allows, plus the must-be-one bits."""
@@ -159,6 +170,21 @@ class VmxVcpu:
             ControlKind.ENTRY, EntryCtls.IA32E_MODE_GUEST | EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT
         )
         host = cpu.state
+        self.vmcs01_exit_controls = exit_ctls
+        self.host_state_fields = {
+            F.HOST_CR0: host.cr0,
+            F.HOST_CR3: self.eptp & ~0xFFF,
+            F.HOST_CR4: host.cr4,
+            F.HOST_CS_SELECTOR: 0x08,
+            F.HOST_SS_SELECTOR: 0x10,
+            F.HOST_DS_SELECTOR: 0x10,
+            F.HOST_ES_SELECTOR: 0x10,
+            F.HOST_TR_SELECTOR: 0x18,
+            F.HOST_IA32_EFER: host.efer,
+            F.HOST_IA32_PAT: host.pat,
+            F.HOST_RIP: _HOST_RIP,
+            F.HOST_RSP: 0,
+        }
         values = {
             F.PIN_BASED_VM_EXEC_CONTROL: pin,
             F.CPU_BASED_VM_EXEC_CONTROL: primary,
@@ -205,7 +231,7 @@ class VmxVcpu:
         for seg, (sel, base, limit, ar) in zip(guest.segs, GUEST_SEGMENT_FIELDS, strict=True):
             values.update({sel: seg.selector, base: seg.base, limit: seg.limit, ar: seg.ar})
         for field, value in values.items():
-            self._vmwrite(field, value)
+            self.vmwrite(field, value)
         self.regs = list(guest.gpr)
         self.guest_msrs = {Msr.IA32_FEATURE_CONTROL: FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX}
 
@@ -221,10 +247,14 @@ class VmxVcpu:
             # Guest GPRs and CR2 are not in the VMCS: L0 loads them before VM entry, as KVM's vmenter does.
             self.cpu.state.gpr[:] = self.regs
             self.cpu.state.cr2 = self.cr2
-            result = self.cpu.vmresume() if self.launched else self.cpu.vmlaunch()
+            current = self.cpu.current_vmcs
+            result = self.cpu.vmresume() if current in self.launched else self.cpu.vmlaunch()
             if result is not None:
-                raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
-            self.launched = True
+                if not self.nested.guest_mode:
+                    raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
+                self.nested.vmcs02_entry_failed(result)  # a vmcs12 the processor refuses after all
+                continue
+            self.launched.add(current)
             try:
                 self.engine.run()
             except EngineError as err:
@@ -236,61 +266,68 @@ class VmxVcpu:
                 return end
 
     def handle_exit(self) -> RunEnd | None:
-        reason = self._vmread(F.VM_EXIT_REASON)
+        reason = self.vmread(F.VM_EXIT_REASON)
         basic = reason & 0xFFFF
-        self.stats.count_exit(basic, from_l2=False)
+        from_l2 = self.nested.guest_mode
+        self.stats.count_exit(basic, from_l2)
         if self.trace:
             self.trace(
-                f"kvm_exit: L1 vcpu 0 reason {exit_reason_name(basic)} rip {self._vmread(F.GUEST_RIP):#x} "
-                f"info1 {self._vmread(F.EXIT_QUALIFICATION):#x} info2 0x0 "
-                f"intr_info {self._vmread(F.VM_EXIT_INTR_INFO):#x} "
-                f"error_code {self._vmread(F.VM_EXIT_INTR_ERROR_CODE):#x}"
+                f"kvm_exit: {'L2' if from_l2 else 'L1'} vcpu 0 reason {exit_reason_name(basic)} "
+                f"rip {self.vmread(F.GUEST_RIP):#x} "
+                f"info1 {self.vmread(F.EXIT_QUALIFICATION):#x} info2 0x0 "
+                f"intr_info {self.vmread(F.VM_EXIT_INTR_INFO):#x} "
+                f"error_code {self.vmread(F.VM_EXIT_INTR_ERROR_CODE):#x}"
             )
         if reason & (1 << 31):
             raise L0Bug(f"VM-entry failure of vmcs01: {exit_reason_name(basic)} ({self.cpu.last_entry_check})")
-        handler = _EXIT_HANDLERS.get(basic, VmxVcpu.handle_unexpected)
-        return handler(self)
+        if from_l2:
+            return self.nested.handle_l2_exit(basic)
+        return self.handle_as_l0(basic)
+
+    def handle_as_l0(self, basic: int) -> RunEnd | None:
+        """L0's own handling of an exit, from L1 or (when L1 does not want it) from L2."""
+        return _EXIT_HANDLERS.get(basic, VmxVcpu.handle_unexpected)(self)
 
     # ------------------------------------------------------------ helpers
 
     def skip_emulated_instruction(self) -> None:
-        self._vmwrite(F.GUEST_RIP, self._vmread(F.GUEST_RIP) + self._vmread(F.VM_EXIT_INSTRUCTION_LEN))
-        interruptibility = self._vmread(F.GUEST_INTERRUPTIBILITY_INFO)
+        self.vmwrite(F.GUEST_RIP, self.vmread(F.GUEST_RIP) + self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
+        interruptibility = self.vmread(F.GUEST_INTERRUPTIBILITY_INFO)
         if interruptibility & 3:
-            self._vmwrite(F.GUEST_INTERRUPTIBILITY_INFO, interruptibility & ~3)
+            self.vmwrite(F.GUEST_INTERRUPTIBILITY_INFO, interruptibility & ~3)
 
     def queue_exception(self, vector: int, error_code: int | None = None) -> RunEnd | None:
         """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception).
 
         The platform has no IDT at entry: an exception before the guest loads one ends the run."""
-        if self._vmread(F.GUEST_IDTR_LIMIT) == 0:
+        if self.vmread(F.GUEST_IDTR_LIMIT) == 0:
             name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
             return self.crash(f"guest crashed: #{name} (vector {vector})")
         info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
         if error_code is not None:
             info |= INTR_INFO_DELIVER_ERROR_CODE
-            self._vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
-        self._vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
+            self.vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
+        self.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
         return None
 
     def crash(self, what: str) -> RunEnd:
-        return RunEnd("crash", 0, f"{what} at RIP {self._vmread(F.GUEST_RIP):#x}")
+        return RunEnd("crash", 0, f"{what} at RIP {self.vmread(F.GUEST_RIP):#x}")
 
     # ------------------------------------------------------------ exit handlers
 
     def handle_exception_nmi(self) -> RunEnd | None:
-        info = self._vmread(F.VM_EXIT_INTR_INFO)
+        info = self.vmread(F.VM_EXIT_INTR_INFO)
         vector = info & 0xFF
-        error_code = self._vmread(F.VM_EXIT_INTR_ERROR_CODE) if info & INTR_INFO_DELIVER_ERROR_CODE else None
-        if self._vmread(F.GUEST_IDTR_LIMIT) == 0:
+        error_code = self.vmread(F.VM_EXIT_INTR_ERROR_CODE) if info & INTR_INFO_DELIVER_ERROR_CODE else None
+        if self.vmread(F.GUEST_IDTR_LIMIT) == 0:
             return self.queue_exception(vector)  # no IDT yet: ends the run as a crash
         # L1 has an IDT: give it the exception, as the processor would have without interception.
         if vector == Vector.PF:
-            self.cr2 = self._vmread(F.EXIT_QUALIFICATION)
+            self.cr2 = self.vmread(F.EXIT_QUALIFICATION)
         kind = (info >> 8) & 7
         if kind == InterruptionType.SOFTWARE_EXCEPTION:
-            self._vmwrite(F.VM_ENTRY_INSTRUCTION_LEN, self._vmread(F.VM_EXIT_INSTRUCTION_LEN))
-            self._vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info & ~(1 << 12))
+            self.vmwrite(F.VM_ENTRY_INSTRUCTION_LEN, self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
+            self.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info & ~(1 << 12))
             return None
         return self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
 
@@ -304,7 +341,7 @@ class VmxVcpu:
         return None
 
     def handle_io(self) -> RunEnd | None:
-        qualification = self._vmread(F.EXIT_QUALIFICATION)
+        qualification = self.vmread(F.EXIT_QUALIFICATION)
         port, size, is_in, string = (
             qualification >> 16,
             (qualification & 7) + 1,
@@ -364,20 +401,20 @@ class VmxVcpu:
     def get_msr(self, index: int) -> int | None:
         if index in self.guest_msrs:
             return self.guest_msrs[index]
-        if index in self.nested_msrs and Msr.IA32_VMX_BASIC <= index <= Msr.IA32_VMX_VMFUNC:
-            return self.nested_msrs[index]
+        if Msr.IA32_VMX_BASIC <= index <= Msr.IA32_VMX_VMFUNC:
+            return self.nested.model.msrs.get(index)  # what L0 offers L1 (KVM: vmx_get_vmx_msr)
         if index in self._VMCS_MSRS:
-            return self._vmread(self._VMCS_MSRS[index])
+            return self.vmread(self._VMCS_MSRS[index])
         return self._SOFTWARE_MSRS.get(index)
 
     def set_msr(self, index: int, value: int) -> bool:
         if index == Msr.IA32_EFER:
             if value & ~0xD01:  # SCE, LME, LMA, NXE
                 return False
-            self._vmwrite(F.GUEST_IA32_EFER, value)
+            self.vmwrite(F.GUEST_IA32_EFER, value)
             return True
         if index in self._VMCS_MSRS:
-            self._vmwrite(self._VMCS_MSRS[index], value)
+            self.vmwrite(self._VMCS_MSRS[index], value)
             return True
         if index in self._SOFTWARE_MSRS:
             self.guest_msrs[index] = value
@@ -385,21 +422,21 @@ class VmxVcpu:
         return False  # read-only (feature control is locked, VMX capabilities) or unknown: #GP
 
     def handle_cr(self) -> RunEnd | None:
-        qualification = self._vmread(F.EXIT_QUALIFICATION)
+        qualification = self.vmread(F.EXIT_QUALIFICATION)
         cr, access, gpr = qualification & 0xF, (qualification >> 4) & 3, (qualification >> 8) & 0xF
         if access != 0 or cr not in (0, 4):
             return self.crash(f"unexpected control-register access (qualification {qualification:#x})")
-        value = self.regs[gpr] if gpr != 4 else self._vmread(F.GUEST_RSP)
+        value = self.regs[gpr] if gpr != 4 else self.vmread(F.GUEST_RSP)
         if cr == 0:
-            if (value ^ self._vmread(F.CR0_READ_SHADOW)) & (CR0_PE | CR0_PG | CR0_NE):
+            if (value ^ self.vmread(F.CR0_READ_SHADOW)) & (CR0_PE | CR0_PG | CR0_NE):
                 return self.crash(f"guest left 64-bit paged mode (CR0 {value:#x}), which this platform does not model")
-            self._vmwrite(F.CR0_READ_SHADOW, value)
-            self._vmwrite(F.GUEST_CR0, value & ~(CR0_NW | CR0_CD) | self._vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD))
+            self.vmwrite(F.CR0_READ_SHADOW, value)
+            self.vmwrite(F.GUEST_CR0, value & ~(CR0_NW | CR0_CD) | self.vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD))
         else:
             if not value & CR4_PAE:
                 return self.queue_exception(Vector.GP, 0)  # clearing CR4.PAE in IA-32e mode
-            self._vmwrite(F.CR4_READ_SHADOW, value)  # CR4.VMXE as L1 sees it
-            self._vmwrite(F.GUEST_CR4, value | CR4_VMXE)
+            self.vmwrite(F.CR4_READ_SHADOW, value)  # CR4.VMXE as L1 sees it
+            self.vmwrite(F.GUEST_CR4, value | CR4_VMXE)
         self.skip_emulated_instruction()
         return None
 
@@ -412,18 +449,14 @@ class VmxVcpu:
         self.skip_emulated_instruction()
         return None
 
-    def handle_vmx_instruction(self) -> RunEnd | None:
-        """Nested VMX is not emulated yet: VMX instructions raise #UD in the guest."""
-        return self.queue_exception(Vector.UD)
-
     def handle_ept_violation(self) -> RunEnd:
-        gpa = self._vmread(F.GUEST_PHYSICAL_ADDRESS)
+        gpa = self.vmread(F.GUEST_PHYSICAL_ADDRESS)
         if gpa >= self.guest_size:
             return self.crash(f"guest accessed guest-physical {gpa:#x} outside its {self.guest_size >> 20} MiB")
         raise L0Bug(f"EPT violation at guest-physical {gpa:#x} inside guest memory")
 
     def handle_unexpected(self) -> RunEnd:
-        return self.crash(f"unexpected VM exit {exit_reason_name(self._vmread(F.VM_EXIT_REASON) & 0xFFFF)}")
+        return self.crash(f"unexpected VM exit {exit_reason_name(self.vmread(F.VM_EXIT_REASON) & 0xFFFF)}")
 
 
 _EXIT_HANDLERS: dict[int, Callable[[VmxVcpu], RunEnd | None]] = {
@@ -437,20 +470,15 @@ _EXIT_HANDLERS: dict[int, Callable[[VmxVcpu], RunEnd | None]] = {
     ExitReason.HLT: VmxVcpu.handle_hlt,
     ExitReason.VMCALL: VmxVcpu.handle_vmcall,
     ExitReason.EPT_VIOLATION: VmxVcpu.handle_ept_violation,
-    **{
-        r: VmxVcpu.handle_vmx_instruction
-        for r in (
-            ExitReason.VMCLEAR,
-            ExitReason.VMLAUNCH,
-            ExitReason.VMPTRLD,
-            ExitReason.VMPTRST,
-            ExitReason.VMREAD,
-            ExitReason.VMRESUME,
-            ExitReason.VMWRITE,
-            ExitReason.VMXOFF,
-            ExitReason.VMXON,
-            ExitReason.INVEPT,
-            ExitReason.INVVPID,
-        )
-    },
+    ExitReason.VMXON: lambda v: v.nested.handle_vmxon(),
+    ExitReason.VMXOFF: lambda v: v.nested.handle_vmxoff(),
+    ExitReason.VMCLEAR: lambda v: v.nested.handle_vmclear(),
+    ExitReason.VMPTRLD: lambda v: v.nested.handle_vmptrld(),
+    ExitReason.VMPTRST: lambda v: v.nested.handle_vmptrst(),
+    ExitReason.VMREAD: lambda v: v.nested.handle_vmread(),
+    ExitReason.VMWRITE: lambda v: v.nested.handle_vmwrite(),
+    ExitReason.VMLAUNCH: lambda v: v.nested.handle_vmlaunch(),
+    ExitReason.VMRESUME: lambda v: v.nested.handle_vmresume(),
+    ExitReason.INVEPT: lambda v: v.nested.handle_invept(),
+    ExitReason.INVVPID: lambda v: v.nested.handle_invvpid(),
 }

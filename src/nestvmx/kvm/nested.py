@@ -1,0 +1,819 @@
+"""Nested VMX: L0 emulates VMX for L1 and runs L1's L2 guests (KVM's arch/x86/kvm/vmx/nested.c).
+
+L1's VMX instructions all exit to L0 (handle_vmxon ... handle_invvpid), which emulates them
+on vmcs12 using only the VM-exit information fields to find operands.  VMLAUNCH/VMRESUME check
+vmcs12, build vmcs02 (prepare_vmcs02) and EPT02, and enter L2; each L2 exit is either reflected
+to L1 (nested_vmx_vmexit, when nested_vmx_l1_wants_exit) or handled by L0 itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
+from nestvmx.arch.errors import VmxError
+from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
+from nestvmx.arch.fields import Field as F
+from nestvmx.arch.fields import FieldType
+from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_CONTEXT, Msr
+from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_mappings, ept_translate
+from nestvmx.engine.guest_memory import GuestMemory
+from nestvmx.hw import vmentry
+from nestvmx.hw.exceptions import Vector, X86Exception
+from nestvmx.hw.processor import VM_SUCCEED
+from nestvmx.hw.state import (
+    AR_DB,
+    AR_G,
+    AR_L,
+    AR_P,
+    AR_S,
+    AR_UNUSABLE,
+    CR4_VMXE,
+    EFER_LMA,
+    EFER_LME,
+    RFLAGS_ARITH,
+    RFLAGS_CF,
+    RFLAGS_ZF,
+    CpuState,
+    Seg,
+    Segment,
+    canonical,
+)
+from nestvmx.hw.vmcs import INVALID_POINTER
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
+from nestvmx.kvm.ept import EptTables
+from nestvmx.kvm.nested_caps import nested_model
+from nestvmx.kvm.vmcs12 import VMCS12_REVISION, VMCS12_SIZE, Vmcs12
+
+if TYPE_CHECKING:
+    from nestvmx.kvm.vmx import RunEnd, VmxVcpu
+
+# Guest-state fields copied from vmcs12 into vmcs02 on entry and back on a nested exit.
+GUEST_STATE_FIELDS = tuple(
+    f
+    for f in F
+    if (f >> 10) & 3 == 2
+    and f not in (F.VMCS_LINK_POINTER,)
+    and f.name not in ("GUEST_INTR_STATUS", "GUEST_PML_INDEX", "GUEST_UINV")
+    and not f.name.startswith(
+        (
+            "GUEST_IA32_FRED",
+            "GUEST_S_CET",
+            "GUEST_SSP",
+            "GUEST_INTR_SSP",
+            "GUEST_BNDCFGS",
+            "GUEST_IA32_RTIT",
+            "GUEST_IA32_LBR",
+            "GUEST_IA32_PKRS",
+            "GUEST_IA32_PERF",
+        )
+    )
+)
+EXIT_INFO_FIELDS = (
+    F.VM_EXIT_REASON,
+    F.EXIT_QUALIFICATION,
+    F.VM_EXIT_INTR_INFO,
+    F.VM_EXIT_INTR_ERROR_CODE,
+    F.IDT_VECTORING_INFO_FIELD,
+    F.IDT_VECTORING_ERROR_CODE,
+    F.VM_EXIT_INSTRUCTION_LEN,
+    F.VMX_INSTRUCTION_INFO,
+    F.GUEST_LINEAR_ADDRESS,
+    F.GUEST_PHYSICAL_ADDRESS,
+)
+_ALWAYS_REFLECTED = {
+    ExitReason.TRIPLE_FAULT,
+    ExitReason.CPUID,
+    ExitReason.VMCALL,
+    ExitReason.VMCLEAR,
+    ExitReason.VMLAUNCH,
+    ExitReason.VMPTRLD,
+    ExitReason.VMPTRST,
+    ExitReason.VMREAD,
+    ExitReason.VMRESUME,
+    ExitReason.VMWRITE,
+    ExitReason.VMXOFF,
+    ExitReason.VMXON,
+    ExitReason.INVEPT,
+    ExitReason.INVVPID,
+    ExitReason.INVALID_GUEST_STATE,
+}
+_VPID02 = 2
+
+
+class NestedVmx:
+    """Per-vCPU nested state (KVM's struct nested_vmx) and the emulation of VMX for L1."""
+
+    def __init__(self, vcpu: VmxVcpu) -> None:
+        self.vcpu = vcpu
+        self.model = nested_model(vcpu.model)  # the processor L1 sees
+        self.l1_memory = vcpu.memory.window(vcpu.guest_size)
+        self.vmxon = False
+        self.vmxon_ptr = INVALID_POINTER
+        self.current_vmptr = INVALID_POINTER
+        self.cached_vmcs12: Vmcs12 | None = None
+        self.guest_mode = False
+        self.vmcs02 = vcpu.alloc_page()
+        vcpu.memory.write_u(self.vmcs02, 4, vcpu.model.revision_id)
+        self.ept02: EptTables | None = None
+        self.ept02_source: int | None = None  # the EPTP12 EPT02 was built from
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def vmcs12(self) -> Vmcs12:
+        assert self.cached_vmcs12 is not None
+        return self.cached_vmcs12
+
+    def _l1_state(self) -> CpuState:
+        """L1's paging and privilege state, read from vmcs01 (for operand accesses)."""
+        v = self.vcpu
+        s = CpuState()
+        s.cr0, s.cr3, s.cr4 = v.vmread(F.GUEST_CR0), v.vmread(F.GUEST_CR3), v.vmread(F.GUEST_CR4)
+        s.efer = v.vmread(F.GUEST_IA32_EFER)
+        s.segs[Seg.SS] = Segment(0, 0, 0, v.vmread(F.GUEST_SS_AR_BYTES))
+        s.segs[Seg.CS] = Segment(0, 0, 0, v.vmread(F.GUEST_CS_AR_BYTES))
+        s.segs[Seg.FS].base, s.segs[Seg.GS].base = v.vmread(F.GUEST_FS_BASE), v.vmread(F.GUEST_GS_BASE)
+        return s
+
+    def _reg(self, number: int) -> int:
+        return self.vcpu.vmread(F.GUEST_RSP) if number == 4 else self.vcpu.regs[number]
+
+    def _set_reg(self, number: int, value: int) -> None:
+        if number == 4:
+            self.vcpu.vmwrite(F.GUEST_RSP, value)
+        else:
+            self.vcpu.regs[number] = value
+
+    def _operand_address(self, state: CpuState) -> int:
+        """get_vmx_mem_address: the linear address of a memory operand from the exit information."""
+        v = self.vcpu
+        info, displacement = v.vmread(F.VMX_INSTRUCTION_INFO), v.vmread(F.EXIT_QUALIFICATION)
+        address = displacement
+        if not info & (1 << 27):
+            address += self._reg((info >> 23) & 0xF)
+        if not info & (1 << 22):
+            address += self._reg((info >> 18) & 0xF) << (info & 3)
+        size_bits = {0: 16, 1: 32, 2: 64}.get((info >> 7) & 7, 64)
+        address &= (1 << size_bits) - 1
+        segment = (info >> 15) & 7
+        if segment in (Seg.FS, Seg.GS):
+            address = (address + state.segs[segment].base) & 0xFFFF_FFFF_FFFF_FFFF
+        if not canonical(address):
+            raise X86Exception(Vector.SS if segment == Seg.SS else Vector.GP, 0)
+        return address
+
+    def _memory(self, state: CpuState) -> GuestMemory:
+        return GuestMemory(self.vcpu.model, self.vcpu.memory, state, self.vcpu.eptp)
+
+    def _read_operand(self, size: int) -> int:
+        state = self._l1_state()
+        return int.from_bytes(self._memory(state).read(self._operand_address(state), size), "little")
+
+    def _write_operand(self, value: int, size: int) -> None:
+        state = self._l1_state()
+        self._memory(state).write(self._operand_address(state), value.to_bytes(size, "little"))
+
+    def _set_rflags(self, set_bits: int) -> None:
+        v = self.vcpu
+        v.vmwrite(F.GUEST_RFLAGS, v.vmread(F.GUEST_RFLAGS) & ~RFLAGS_ARITH | set_bits)
+
+    def succeed(self) -> None:
+        """nested_vmx_succeed, then skip the instruction."""
+        self._set_rflags(0)
+        self.vcpu.skip_emulated_instruction()
+
+    def fail_invalid(self) -> None:
+        self._set_rflags(RFLAGS_CF)
+        self.vcpu.skip_emulated_instruction()
+
+    def fail(self, error: VmxError) -> None:
+        """nested_vmx_fail: VMfailValid into vmcs12 if there is a current vmcs12, else VMfailInvalid."""
+        if self.current_vmptr == INVALID_POINTER:
+            self.fail_invalid()
+            return
+        self.vmcs12[F.VM_INSTRUCTION_ERROR] = error
+        self._set_rflags(RFLAGS_ZF)
+        self.vcpu.skip_emulated_instruction()
+
+    def _check_permission(self) -> RunEnd | None:
+        """nested_vmx_check_permission: #UD outside VMX operation, #GP(0) at CPL > 0."""
+        if not self.vmxon:
+            return self.vcpu.queue_exception(Vector.UD)
+        if (self.vcpu.vmread(F.GUEST_SS_AR_BYTES) >> 5) & 3:
+            return self.vcpu.queue_exception(Vector.GP, 0)
+        return None
+
+    def _pointer_valid(self, address: int) -> bool:
+        return address & 0xFFF == 0 and address >> self.model.phys_addr_bits == 0
+
+    def _exception(self, exc: X86Exception) -> RunEnd | None:
+        if exc.vector == Vector.PF:
+            self.vcpu.cr2 = exc.address
+        return self.vcpu.queue_exception(exc.vector, exc.error_code)
+
+    def _emulate(self, body) -> RunEnd | None:
+        """Run an instruction emulation; faults on operands become exceptions in L1."""
+        try:
+            body()
+        except X86Exception as exc:
+            return self._exception(exc)
+        except EptFault as fault:
+            return self.vcpu.crash(f"L1's VMX operand at guest-physical {fault.gpa:#x} is outside its memory")
+        return None
+
+    # --------------------------------------------- vmcs12 in L1 memory
+
+    def _read_region(self, address: int) -> bytes:
+        if self.l1_memory.contains(address, VMCS12_SIZE):
+            return self.l1_memory.read(address, VMCS12_SIZE)
+        return b"\xff" * VMCS12_SIZE
+
+    def release_vmcs12(self) -> None:
+        """nested_release_vmcs12: write the cached vmcs12 back to L1 memory; no current VMCS."""
+        if self.cached_vmcs12 is not None:
+            if self.l1_memory.contains(self.vmcs12.address, VMCS12_SIZE):
+                self.l1_memory.write(self.vmcs12.address, self.vmcs12.to_bytes())
+            self.cached_vmcs12 = None
+        self.current_vmptr = INVALID_POINTER
+
+    # ------------------------------------------------ VMX instructions of L1
+
+    def handle_vmxon(self) -> RunEnd | None:
+        v = self.vcpu
+        if not v.vmread(F.CR4_READ_SHADOW) & CR4_VMXE:
+            return v.queue_exception(Vector.UD)  # CR4.VMXE as L1 set it (KVM emulates this #UD)
+        if (v.vmread(F.GUEST_SS_AR_BYTES) >> 5) & 3:
+            return v.queue_exception(Vector.GP, 0)
+        if self.vmxon:
+            self.fail(VmxError.VMXON_IN_VMX_ROOT_OPERATION)
+            return None
+        cr0_shadow = v.vmread(F.CR0_READ_SHADOW)
+        m = self.model.msrs
+        if not vmentry._fixed_ok(cr0_shadow, m[Msr.IA32_VMX_CR0_FIXED0], m[Msr.IA32_VMX_CR0_FIXED1]):
+            return v.queue_exception(Vector.GP, 0)
+
+        def body() -> None:
+            pointer = self._read_operand(8)
+            if not self._pointer_valid(pointer) or self.l1_memory.read_bus(pointer, 4) != VMCS12_REVISION:
+                self.fail_invalid()
+                return
+            self.vmxon, self.vmxon_ptr = True, pointer
+            self.succeed()
+
+        return self._emulate(body)
+
+    def handle_vmxoff(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+        self.free_nested()
+        self.succeed()
+        return None
+
+    def free_nested(self) -> None:
+        """Leave VMX operation (VMXOFF, vCPU teardown)."""
+        self.release_vmcs12()
+        self.vmxon, self.vmxon_ptr = False, INVALID_POINTER
+
+    def handle_vmclear(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+
+        def body() -> None:
+            pointer = self._read_operand(8)
+            if not self._pointer_valid(pointer):
+                self.fail(VmxError.VMCLEAR_INVALID_ADDRESS)
+                return
+            if pointer == self.vmxon_ptr:
+                self.fail(VmxError.VMCLEAR_VMXON_POINTER)
+                return
+            if pointer == self.current_vmptr:
+                self.release_vmcs12()
+            self.l1_memory.write_bus(pointer + 8, 4, 0)  # launch state := clear (KVM writes it directly)
+            self.succeed()
+
+        return self._emulate(body)
+
+    def handle_vmptrld(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+
+        def body() -> None:
+            pointer = self._read_operand(8)
+            if not self._pointer_valid(pointer):
+                self.fail(VmxError.VMPTRLD_INVALID_ADDRESS)
+                return
+            if pointer == self.vmxon_ptr:
+                self.fail(VmxError.VMPTRLD_VMXON_POINTER)
+                return
+            if self.current_vmptr != pointer:
+                # Memory beyond L1's RAM reads as all ones: not the vmcs12 revision (as KVM).
+                if self.l1_memory.read_bus(pointer, 4) != VMCS12_REVISION:
+                    self.fail(VmxError.VMPTRLD_INCORRECT_VMCS_REVISION_ID)
+                    return
+                self.release_vmcs12()
+                self.cached_vmcs12 = Vmcs12.from_bytes(pointer, self._read_region(pointer))
+                self.current_vmptr = pointer
+            self.succeed()
+
+        return self._emulate(body)
+
+    def handle_vmptrst(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+
+        def body() -> None:
+            self._write_operand(self.current_vmptr, 8)
+            self.succeed()
+
+        return self._emulate(body)
+
+    def _field_operand(self) -> int:
+        return self._reg((self.vcpu.vmread(F.VMX_INSTRUCTION_INFO) >> 28) & 0xF)
+
+    def handle_vmread(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+        if self.current_vmptr == INVALID_POINTER:
+            self.fail_invalid()
+            return None
+        found = self.model.encodings.get(self._field_operand())
+        if found is None:
+            self.fail(VmxError.UNSUPPORTED_VMCS_COMPONENT)
+            return None
+        value = self.vmcs12.read(*found)
+        info = self.vcpu.vmread(F.VMX_INSTRUCTION_INFO)
+
+        def body() -> None:
+            if info & (1 << 10):
+                self._set_reg((info >> 3) & 0xF, value)
+            else:
+                self._write_operand(value, 8)
+            self.succeed()
+
+        return self._emulate(body)
+
+    def handle_vmwrite(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+        if self.current_vmptr == INVALID_POINTER:
+            self.fail_invalid()
+            return None
+        info = self.vcpu.vmread(F.VMX_INSTRUCTION_INFO)
+
+        def body() -> None:
+            value = self._reg((info >> 3) & 0xF) if info & (1 << 10) else self._read_operand(8)
+            found = self.model.encodings.get(self._field_operand())
+            if found is None:
+                self.fail(VmxError.UNSUPPORTED_VMCS_COMPONENT)
+                return
+            if found[0].type is FieldType.READ_ONLY and not self.model.vmwrite_any_field:
+                self.fail(VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT)
+                return
+            self.vmcs12.write(*found, value)
+            self.succeed()
+
+        return self._emulate(body)
+
+    def handle_invept(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+        info = self.vcpu.vmread(F.VMX_INSTRUCTION_INFO)
+        type_ = self._reg((info >> 28) & 0xF) & 0xFFFF_FFFF
+        cap = self.model.msrs[Msr.IA32_VMX_EPT_VPID_CAP]
+        supported = {1: EPT_CAP_INVEPT_SINGLE_CONTEXT, 2: EPT_CAP_INVEPT_ALL_CONTEXT}
+
+        def body() -> None:
+            if type_ not in supported or not cap & supported[type_]:
+                self.fail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+                return
+            eptp = self._read_operand(16) & 0xFFFF_FFFF_FFFF_FFFF
+            if type_ == 1 and not vmentry.eptp_valid(self.model, eptp):
+                self.fail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+                return
+            self.drop_ept02()
+            self.succeed()
+
+        return self._emulate(body)
+
+    def handle_invvpid(self) -> RunEnd | None:
+        end = self._check_permission()
+        if end is not None:
+            return end
+        info = self.vcpu.vmread(F.VMX_INSTRUCTION_INFO)
+        type_ = self._reg((info >> 28) & 0xF) & 0xFFFF_FFFF
+        cap = self.model.msrs[Msr.IA32_VMX_EPT_VPID_CAP]
+
+        def body() -> None:
+            state = self._l1_state()
+            raw = self._memory(state).read(self._operand_address(state), 16)
+            low, address = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+            if (
+                type_ > 3
+                or not cap >> (40 + type_) & 1
+                or low >> 16
+                or (type_ != 2 and low & 0xFFFF == 0)
+                or (type_ == 0 and not canonical(address))
+            ):
+                self.fail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+                return
+            self.succeed()  # L2's linear translations are not cached across exits by the engine
+
+        return self._emulate(body)
+
+    # ------------------------------------------------ nested VM entry
+
+    def handle_vmlaunch(self) -> RunEnd | None:
+        return self.nested_vmx_run(launch=True)
+
+    def handle_vmresume(self) -> RunEnd | None:
+        return self.nested_vmx_run(launch=False)
+
+    def nested_vmx_run(self, launch: bool) -> RunEnd | None:
+        v = self.vcpu
+        end = self._check_permission()
+        if end is not None:
+            return end
+        if self.current_vmptr == INVALID_POINTER:
+            self.fail_invalid()
+            return None
+        if v.vmread(F.GUEST_INTERRUPTIBILITY_INFO) & 2:
+            self.fail(VmxError.ENTRY_EVENTS_BLOCKED_BY_MOV_SS)
+            return None
+        vmcs12 = self.vmcs12
+        if launch and vmcs12.launched:
+            self.fail(VmxError.VMLAUNCH_NONCLEAR_VMCS)
+            return None
+        if not launch and not vmcs12.launched:
+            self.fail(VmxError.VMRESUME_NONLAUNCHED_VMCS)
+            return None
+        f = vmcs12.fields
+        if vmentry.check_controls(self.model, f, self.l1_memory):
+            self.fail(VmxError.ENTRY_INVALID_CONTROL_FIELD)
+            return None
+        l1 = self._l1_state()
+        if vmentry.check_host_state(self.model, f, l1):
+            self.fail(VmxError.ENTRY_INVALID_HOST_STATE_FIELD)
+            return None
+        failure = vmentry.check_guest_state(self.model, f, self.l1_memory, self.current_vmptr)
+        if failure:
+            self.entry_failure(ExitReason.INVALID_GUEST_STATE, failure[1])
+            return None
+        bad_msr = self._load_msrs(f[F.VM_ENTRY_MSR_LOAD_ADDR], f[F.VM_ENTRY_MSR_LOAD_COUNT])
+        if bad_msr is not None:
+            self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
+            return None
+        v.skip_emulated_instruction()  # L1 resumes after VMLAUNCH/VMRESUME at its next nested exit
+        self.prepare_vmcs02(launch)
+        return None
+
+    def _load_msrs(self, address: int, count: int) -> int | None:
+        for i in range(count):
+            entry = address + 16 * i
+            index, reserved = self.l1_memory.read_bus(entry, 4), self.l1_memory.read_bus(entry + 4, 4)
+            value = self.l1_memory.read_bus(entry + 8, 8)
+            if reserved or not vmentry.msr_loadable(index) or not self.vcpu.set_msr(index, value):
+                return i + 1
+        return None
+
+    def entry_failure(self, reason: int, qualification: int) -> None:
+        """nested_vmx_entry_failure: L1 sees a VM-entry failure exit of vmcs12 (SDM §27.8)."""
+        vmcs12 = self.vmcs12
+        vmcs12[F.VM_EXIT_REASON] = EXIT_REASON_FAILED_VMENTRY | reason
+        vmcs12[F.EXIT_QUALIFICATION] = qualification
+        self.load_vmcs12_host_state()
+        self.vcpu.stats.nested_vmexits += 1
+
+    def prepare_vmcs02(self, launch: bool) -> None:
+        """Build vmcs02 from vmcs12 and L0's own needs, then make it current."""
+        v, vmcs12 = self.vcpu, self.vmcs12
+        f = vmcs12.fields
+        eptp12 = f[F.EPT_POINTER] if self._uses_ept12() else None
+        if self.ept02 is None or self.ept02_source != eptp12:
+            self._build_ept02(eptp12)
+        l1_efer, l1_pat = v.vmread(F.GUEST_IA32_EFER), v.vmread(F.GUEST_IA32_PAT)
+        if v.cpu.vmptrld(self.vmcs02) != VM_SUCCEED:
+            raise AssertionError("VMPTRLD of vmcs02 failed")
+        primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
+        primary |= (
+            PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
+        )  # L1's I/O bitmaps are read by L0
+        secondary = self._secondary12() & (SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID)
+        secondary |= SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
+        cr0_l0, cr4_l0 = v.cr0_host_owned, v.cr4_host_owned
+        values = {
+            F.PIN_BASED_VM_EXEC_CONTROL: f[F.PIN_BASED_VM_EXEC_CONTROL]
+            | PinBased.EXT_INTR_EXITING
+            | PinBased.NMI_EXITING,
+            F.CPU_BASED_VM_EXEC_CONTROL: v.adjust_controls_primary(primary),
+            F.SECONDARY_VM_EXEC_CONTROL: secondary,
+            F.VM_EXIT_CONTROLS: v.vmcs01_exit_controls,
+            F.VM_ENTRY_CONTROLS: (f[F.VM_ENTRY_CONTROLS] | EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT),
+            F.VIRTUAL_PROCESSOR_ID: _VPID02,
+            F.EPT_POINTER: self.ept02.eptp,
+            F.EXCEPTION_BITMAP: f[F.EXCEPTION_BITMAP],
+            F.PAGE_FAULT_ERROR_CODE_MASK: f[F.PAGE_FAULT_ERROR_CODE_MASK],
+            F.PAGE_FAULT_ERROR_CODE_MATCH: f[F.PAGE_FAULT_ERROR_CODE_MATCH],
+            F.CR3_TARGET_COUNT: f[F.CR3_TARGET_COUNT],
+            F.CR0_GUEST_HOST_MASK: f[F.CR0_GUEST_HOST_MASK] | cr0_l0,
+            F.CR4_GUEST_HOST_MASK: f[F.CR4_GUEST_HOST_MASK] | cr4_l0,
+            # Bits L1 owns read as L1's shadow; bits only L0 owns read as L2 wrote them.
+            F.CR0_READ_SHADOW: f[F.CR0_READ_SHADOW] & f[F.CR0_GUEST_HOST_MASK]
+            | f[F.GUEST_CR0] & ~f[F.CR0_GUEST_HOST_MASK],
+            F.CR4_READ_SHADOW: f[F.CR4_READ_SHADOW] & f[F.CR4_GUEST_HOST_MASK]
+            | f[F.GUEST_CR4] & ~f[F.CR4_GUEST_HOST_MASK],
+            F.VMCS_LINK_POINTER: INVALID_POINTER,
+            F.VM_ENTRY_INTR_INFO_FIELD: f[F.VM_ENTRY_INTR_INFO_FIELD],
+            F.VM_ENTRY_EXCEPTION_ERROR_CODE: f[F.VM_ENTRY_EXCEPTION_ERROR_CODE],
+            F.VM_ENTRY_INSTRUCTION_LEN: f[F.VM_ENTRY_INSTRUCTION_LEN],
+            F.VM_ENTRY_MSR_LOAD_COUNT: 0,
+            F.VM_EXIT_MSR_LOAD_COUNT: 0,
+            F.VM_EXIT_MSR_STORE_COUNT: 0,
+        }
+        for i in range(4):
+            values[F.CR3_TARGET_VALUE0 + 2 * i] = f[F.CR3_TARGET_VALUE0 + 2 * i]
+        for field in GUEST_STATE_FIELDS:
+            values[field] = f[field]
+        values[F.GUEST_CR4] = f[F.GUEST_CR4] | CR4_VMXE
+        if not f[F.VM_ENTRY_CONTROLS] & EntryCtls.LOAD_EFER:  # L2 runs with L1's EFER, adjusted (KVM)
+            efer = l1_efer
+            ia32e = f[F.VM_ENTRY_CONTROLS] & EntryCtls.IA32E_MODE_GUEST
+            values[F.GUEST_IA32_EFER] = efer | EFER_LMA | EFER_LME if ia32e else efer & ~(EFER_LMA | EFER_LME)
+        if not f[F.VM_ENTRY_CONTROLS] & EntryCtls.LOAD_PAT:
+            values[F.GUEST_IA32_PAT] = l1_pat
+        values.update(v.host_state_fields)
+        for field, value in values.items():
+            v.vmwrite(field, value)
+        if launch:
+            vmcs12.launched = True
+        self.guest_mode = True
+        v.stats.nested_vmentries += 1
+
+    def _secondary12(self) -> int:
+        f = self.vmcs12.fields
+        return (
+            f[F.SECONDARY_VM_EXEC_CONTROL]
+            if f[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
+            else 0
+        )
+
+    def _uses_ept12(self) -> bool:
+        return bool(self._secondary12() & SecondaryCtls.ENABLE_EPT)
+
+    # ------------------------------------------------ EPT02
+
+    def _build_ept02(self, eptp12: int | None) -> None:
+        """EPT02 = EPT12 composed with EPT01 (identity for L1's RAM); all present leaves up front."""
+        v = self.vcpu
+        self.drop_ept02()
+        self.ept02 = EptTables(v.memory, v.alloc_page)
+        self.ept02_source = eptp12
+        if eptp12 is None:  # L2 without EPT12 sees L1's guest-physical memory as is
+            for gpa in range(0, v.guest_size, 1 << 21):
+                self.ept02.map(gpa, gpa, min(1 << 21, v.guest_size - gpa), EPT_READ | EPT_WRITE | EPT_EXEC)
+            return
+        for m in ept_mappings(self.model, self.l1_memory, eptp12):
+            self._map_ept02(m.gpa, m.hpa, m.size, m.perms)
+
+    def _map_ept02(self, gpa: int, l1_gpa: int, size: int, perms: int) -> None:
+        """Map an EPT12 leaf whose target lies in L1's RAM, in 2 MiB or 4 KiB pieces."""
+        v = self.vcpu
+        step = 1 << 21 if size >= 1 << 21 else 1 << 12
+        for offset in range(0, size, step):
+            if l1_gpa + offset + step <= v.guest_size:
+                self.ept02.map(gpa + offset, l1_gpa + offset, step, perms)
+
+    def drop_ept02(self) -> None:
+        """L1 changed or flushed EPT12: forget EPT02 and invalidate it on the processor."""
+        if self.ept02 is not None:
+            self.vcpu.cpu.invept(2, bytes(16))  # all-context: the processor drops EPT02's translations
+            self.vcpu.free_pages(self.ept02.pages)
+        self.ept02 = None
+        self.ept02_source = None
+
+    def vmcs02_entry_failed(self, result: int | VmExit) -> None:
+        """The processor refused vmcs02 although vmcs12 passed L0's checks: L1 sees the failure."""
+        v = self.vcpu
+        v.stats.nested_vmentries -= 1
+        if isinstance(result, VmExit):
+            self.entry_failure(result.basic_reason, result.qualification)
+            return
+        if v.cpu.vmptrld(v.vmcs01) != VM_SUCCEED:
+            raise AssertionError("VMPTRLD of vmcs01 failed")
+        self.guest_mode = False
+        self.vmcs12.launched = False
+        self.vmcs12[F.VM_INSTRUCTION_ERROR] = result if result > 0 else VmxError.ENTRY_INVALID_CONTROL_FIELD
+        self._set_rflags(RFLAGS_ZF)  # RIP already points past VMLAUNCH/VMRESUME
+
+    def handle_ept_violation_l2(self) -> RunEnd | None:
+        """An L2 access EPT02 does not allow: fill EPT02 from EPT12, or reflect to L1."""
+        v = self.vcpu
+        gpa = v.vmread(F.GUEST_PHYSICAL_ADDRESS)
+        qualification = v.vmread(F.EXIT_QUALIFICATION)
+        eptp12 = self.ept02_source
+        if eptp12 is None:
+            return v.crash(f"L2 accessed guest-physical {gpa:#x} outside L1's memory")
+        try:
+            m = ept_translate(self.model, self.l1_memory, eptp12, gpa)
+        except EptFault as fault:
+            if fault.misconfig:
+                return self.nested_vmx_vmexit(ExitReason.EPT_MISCONFIG)
+            return self.nested_vmx_vmexit(ExitReason.EPT_VIOLATION, qualification=qualification & ~0x38)
+        if qualification & 7 & ~m.perms:
+            return self.nested_vmx_vmexit(ExitReason.EPT_VIOLATION, qualification=qualification & ~0x38 | m.perms << 3)
+        l1_gpa = m.hpa + (gpa & ~0xFFF) - m.gpa
+        if l1_gpa >= v.guest_size:
+            return v.crash(f"L1's EPT maps L2 guest-physical {gpa:#x} outside L1's memory")
+        self.ept02.map(gpa & ~0xFFF, l1_gpa, 0x1000, m.perms)  # the EPT02 fill: L2 resumes, L1 never knows
+        v.stats.ept02_fills += 1
+        return None
+
+    # ------------------------------------------------ nested VM exit
+
+    def handle_l2_exit(self, basic: int) -> RunEnd | None:
+        """Decide who handles an exit of L2: L1 (reflect it) or L0."""
+        if basic == ExitReason.EPT_VIOLATION:
+            return self.handle_ept_violation_l2()
+        if self.l1_wants_exit(basic):
+            return self.nested_vmx_vmexit(basic)
+        return None if basic == ExitReason.EPT_MISCONFIG else self.vcpu.handle_as_l0(basic)
+
+    def l1_wants_exit(self, basic: int) -> bool:
+        """nested_vmx_l1_wants_exit: would this exit have happened with vmcs12 on real hardware?"""
+        v, f = self.vcpu, self.vmcs12.fields
+        primary = f[F.CPU_BASED_VM_EXEC_CONTROL]
+        if basic in _ALWAYS_REFLECTED:
+            return True
+        if basic == ExitReason.HLT:
+            return bool(primary & PrimaryCtls.HLT_EXITING)
+        if basic == ExitReason.IO_INSTRUCTION:
+            return self._io_exit_wanted(v.vmread(F.EXIT_QUALIFICATION), primary)
+        if basic in (ExitReason.RDMSR, ExitReason.WRMSR):
+            return self._msr_exit_wanted(v.regs[1] & 0xFFFF_FFFF, basic == ExitReason.WRMSR, primary)
+        if basic == ExitReason.CR_ACCESS:
+            return self._cr_exit_wanted(v.vmread(F.EXIT_QUALIFICATION), primary)
+        if basic == ExitReason.EXCEPTION_NMI:
+            info = v.vmread(F.VM_EXIT_INTR_INFO)
+            vector = info & 0xFF
+            if vector == Vector.PF:
+                hit = (
+                    v.vmread(F.VM_EXIT_INTR_ERROR_CODE) & f[F.PAGE_FAULT_ERROR_CODE_MASK]
+                    == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
+                )
+                return bool(f[F.EXCEPTION_BITMAP] >> 14 & 1) == hit
+            return bool(f[F.EXCEPTION_BITMAP] >> vector & 1)
+        return True
+
+    def _io_exit_wanted(self, qualification: int, primary: int) -> bool:
+        if not primary & PrimaryCtls.USE_IO_BITMAPS:
+            return bool(primary & PrimaryCtls.UNCOND_IO_EXITING)
+        port, size = qualification >> 16, (qualification & 7) + 1
+        f = self.vmcs12.fields
+        for p in range(port, port + size):
+            if p > 0xFFFF:
+                return True
+            bitmap = f[F.IO_BITMAP_A] if p < 0x8000 else f[F.IO_BITMAP_B]
+            if self.l1_memory.read_bus(bitmap + ((p & 0x7FFF) >> 3), 1) >> (p & 7) & 1:
+                return True
+        return False
+
+    def _msr_exit_wanted(self, index: int, write: bool, primary: int) -> bool:
+        if not primary & PrimaryCtls.USE_MSR_BITMAPS:
+            return True
+        if index <= 0x1FFF:
+            offset = 0
+        elif 0xC000_0000 <= index <= 0xC000_1FFF:
+            offset = 0x400
+        else:
+            return True
+        bit = index & 0x1FFF
+        byte = self.l1_memory.read_bus(self.vmcs12[F.MSR_BITMAP] + offset + (0x800 if write else 0) + (bit >> 3), 1)
+        return bool(byte >> (bit & 7) & 1)
+
+    def _cr_exit_wanted(self, qualification: int, primary: int) -> bool:
+        f = self.vmcs12.fields
+        cr, access, gpr = qualification & 0xF, (qualification >> 4) & 3, (qualification >> 8) & 0xF
+        if access == 0:  # MOV to CR
+            value = self._reg(gpr)
+            if cr in (0, 4):
+                mask = f[F.CR0_GUEST_HOST_MASK if cr == 0 else F.CR4_GUEST_HOST_MASK]
+                shadow = f[F.CR0_READ_SHADOW if cr == 0 else F.CR4_READ_SHADOW]
+                return bool((value ^ shadow) & mask)
+            if cr == 3:
+                targets = [f[F.CR3_TARGET_VALUE0 + 2 * i] for i in range(min(f[F.CR3_TARGET_COUNT], 4))]
+                return bool(primary & PrimaryCtls.CR3_LOAD_EXITING) and value not in targets
+            return bool(primary & PrimaryCtls.CR8_LOAD_EXITING)
+        if access == 1:
+            return bool(primary & (PrimaryCtls.CR3_STORE_EXITING if cr == 3 else PrimaryCtls.CR8_STORE_EXITING))
+        mask, shadow = f[F.CR0_GUEST_HOST_MASK], f[F.CR0_READ_SHADOW]
+        if access == 2:  # CLTS
+            return bool(mask & 8 and shadow & 8)
+        source = qualification >> 16 & 0xF  # LMSW
+        return bool((source ^ shadow) & mask & 0xE or (mask & 1 and source & 1 and not shadow & 1))
+
+    def nested_vmx_vmexit(self, reason: int, qualification: int | None = None) -> RunEnd | None:
+        """Reflect the current L2 exit to L1: exit information and L2 state into vmcs12, then L1's host state."""
+        v, vmcs12 = self.vcpu, self.vmcs12
+        for field in EXIT_INFO_FIELDS:
+            if field in v.model.fields:
+                vmcs12[field] = v.vmread(field)
+        vmcs12[F.VM_EXIT_REASON] = reason
+        if qualification is not None:
+            vmcs12[F.EXIT_QUALIFICATION] = qualification
+        self.sync_vmcs02_to_vmcs12()
+        self.load_vmcs12_host_state()
+        v.stats.nested_vmexits += 1
+        if v.trace:
+            v.trace(
+                f"kvm_nested_vmexit: vcpu 0 reason {ExitReason(reason & 0xFFFF).name} "
+                f"rip {vmcs12[F.GUEST_RIP]:#x} info1 {vmcs12[F.EXIT_QUALIFICATION]:#x}"
+            )
+        return None
+
+    def sync_vmcs02_to_vmcs12(self) -> None:
+        v, vmcs12 = self.vcpu, self.vmcs12
+        f = vmcs12.fields
+        for field in GUEST_STATE_FIELDS:
+            f[field] = v.vmread(field)
+        for cr, mask_f, shadow_f in (
+            (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, F.CR0_READ_SHADOW),
+            (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, F.CR4_READ_SHADOW),
+        ):
+            l0_mask = v.cr0_host_owned if cr == F.GUEST_CR0 else v.cr4_host_owned
+            mask12 = vmcs12[mask_f]
+            hidden = l0_mask & ~mask12  # bits only L0 intercepts: L2's value is in vmcs02's read shadow
+            f[cr] = f[cr] & ~hidden | v.vmread(shadow_f) & hidden
+        if f[F.GUEST_IA32_EFER] & EFER_LMA:
+            f[F.VM_ENTRY_CONTROLS] |= EntryCtls.IA32E_MODE_GUEST
+        else:
+            f[F.VM_ENTRY_CONTROLS] &= ~EntryCtls.IA32E_MODE_GUEST
+        f[F.VM_ENTRY_INTR_INFO_FIELD] &= ~INTR_INFO_VALID
+
+    def load_vmcs12_host_state(self) -> None:
+        """Switch back to vmcs01 and give L1 the host state of vmcs12 (SDM §28.5, KVM's function)."""
+        v, f = self.vcpu, self.vmcs12.fields
+        if v.cpu.current_vmcs != v.vmcs01 and v.cpu.vmptrld(v.vmcs01) != VM_SUCCEED:
+            raise AssertionError("VMPTRLD of vmcs01 failed")
+        self.guest_mode = False
+        exit_ctls = f[F.VM_EXIT_CONTROLS]
+        host64 = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
+        code = 0xB | AR_S | AR_P | AR_G | (AR_L if host64 else AR_DB)
+        data = 0x3 | AR_S | AR_P | AR_DB | AR_G
+        values = {
+            F.GUEST_CR0: f[F.HOST_CR0] | v.cr0_fixed,
+            F.CR0_READ_SHADOW: f[F.HOST_CR0],
+            F.GUEST_CR4: f[F.HOST_CR4] | CR4_VMXE,
+            F.CR4_READ_SHADOW: f[F.HOST_CR4],
+            F.GUEST_CR3: f[F.HOST_CR3],
+            F.GUEST_RIP: f[F.HOST_RIP],
+            F.GUEST_RSP: f[F.HOST_RSP],
+            F.GUEST_RFLAGS: 0x2,
+            F.GUEST_DR7: 0x400,
+            F.GUEST_IA32_DEBUGCTL: 0,
+            F.GUEST_SYSENTER_CS: f[F.HOST_IA32_SYSENTER_CS],
+            F.GUEST_SYSENTER_ESP: f[F.HOST_IA32_SYSENTER_ESP],
+            F.GUEST_SYSENTER_EIP: f[F.HOST_IA32_SYSENTER_EIP],
+            F.GUEST_GDTR_BASE: f[F.HOST_GDTR_BASE],
+            F.GUEST_GDTR_LIMIT: 0xFFFF,
+            F.GUEST_IDTR_BASE: f[F.HOST_IDTR_BASE],
+            F.GUEST_IDTR_LIMIT: 0xFFFF,
+            F.GUEST_INTERRUPTIBILITY_INFO: 0,
+            F.GUEST_ACTIVITY_STATE: 0,
+        }
+        if exit_ctls & ExitCtls.LOAD_EFER:
+            values[F.GUEST_IA32_EFER] = f[F.HOST_IA32_EFER]
+        else:
+            efer = v.vmread(F.GUEST_IA32_EFER)
+            values[F.GUEST_IA32_EFER] = efer | EFER_LMA | EFER_LME if host64 else efer & ~(EFER_LMA | EFER_LME)
+        if exit_ctls & ExitCtls.LOAD_PAT:
+            values[F.GUEST_IA32_PAT] = f[F.HOST_IA32_PAT]
+        selectors = {
+            Seg.ES: F.HOST_ES_SELECTOR,
+            Seg.CS: F.HOST_CS_SELECTOR,
+            Seg.SS: F.HOST_SS_SELECTOR,
+            Seg.DS: F.HOST_DS_SELECTOR,
+            Seg.FS: F.HOST_FS_SELECTOR,
+            Seg.GS: F.HOST_GS_SELECTOR,
+        }
+        for seg, (sel, base, limit, ar) in enumerate(GUEST_SEGMENT_FIELDS):
+            if seg in selectors:
+                selector = f[selectors[seg]]
+                attrs = code if seg == Seg.CS else data
+                if seg != Seg.CS and selector == 0 and not (seg == Seg.SS and host64):
+                    attrs |= AR_UNUSABLE
+                values.update({sel: selector, base: 0, limit: 0xFFFF_FFFF, ar: attrs})
+            elif seg == Seg.TR:
+                values.update({sel: f[F.HOST_TR_SELECTOR], base: f[F.HOST_TR_BASE], limit: 0x67, ar: 0xB | AR_P})
+            else:
+                values.update({sel: 0, base: 0, limit: 0, ar: AR_UNUSABLE})
+        values[F.GUEST_FS_BASE], values[F.GUEST_GS_BASE] = f[F.HOST_FS_BASE], f[F.HOST_GS_BASE]
+        for field, value in values.items():
+            v.vmwrite(field, value)
+        self._load_msrs(f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT])
