@@ -136,6 +136,18 @@ class GuestContext:
         if rc:
             raise EngineError(f"cannot install the instruction counter (unicorn error {rc})")
 
+    def map_page(self, gpa: int) -> None:
+        """Map (or re-protect) the 4 KiB guest-physical page at `gpa` as EPT now translates it."""
+        e = self.engine
+        m = ept_mod.ept_translate(e.cpu.model, e.cpu.memory, self.eptp, gpa & ~0xFFF)
+        hpa = m.hpa + (gpa & ~0xFFF) - m.gpa
+        if not e.cpu.memory.contains(hpa, 0x1000):
+            raise EngineError(f"EPT maps guest-physical {gpa:#x} to host-physical {hpa:#x}, where no memory is")
+        try:
+            self.uc.mem_map_ptr(gpa & ~0xFFF, 0x1000, m.perms, e.host_ptr + hpa)
+        except UcError:
+            self.uc.mem_protect(gpa & ~0xFFF, 0x1000, m.perms)  # already mapped: permissions changed
+
     def hook_special(self, address: int) -> None:
         if address not in self.hooked:
             self.hooked.add(address)
@@ -609,7 +621,10 @@ class Engine:
             memory.gpa_to_hpa(gpa, kind)
         except ept_mod.EptFault as fault:
             return self._ept_exit(fault, access=kind, linear=linear)
-        raise EngineError(f"guest-physical {gpa:#x} is mapped by EPT but not by the host (RIP {self.cpu.state.rip:#x})")
+        # EPT allows it now (the hypervisor added the page since this instance mapped memory):
+        # map it lazily and let the access run again.
+        self.ctx.map_page(gpa)
+        return None
 
     def _ept_exit(
         self, fault: ept_mod.EptFault, access: int, linear: int | None, in_walk: bool = False, **info

@@ -35,8 +35,21 @@ def is_source(path: Path) -> bool:
     return path.suffix in SOURCE_SUFFIXES
 
 
-def build_guest(sources: list[Path]) -> Path:
+MINIVISOR = Path(__file__).parent / "minivisor"
+L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5}
+
+
+def build_minivisor(workload: str, iterations: int) -> Path:
+    """The built-in L1 hypervisor with one of its L2 workloads."""
+    return build_guest(
+        [MINIVISOR / "minivisor.c", MINIVISOR / "vmx_entry.S"],
+        {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations},
+    )
+
+
+def build_guest(sources: list[Path], defines: dict[str, int] | None = None) -> Path:
     """An ELF executable built from `sources` plus the support library (cached)."""
+    flags = [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
     inputs = [*sources, LIB / "start.S", LIB / "link.ld", LIB / "nestvmx.h"]
     digest = hashlib.sha256()
     for path in inputs:
@@ -44,7 +57,7 @@ def build_guest(sources: list[Path]) -> Path:
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         except OSError as err:
             raise BuildError(f"cannot read {path}: {err.strerror}") from None
-    digest.update(" ".join(CFLAGS).encode())
+    digest.update(" ".join(CFLAGS + flags).encode())
     out = cache_dir() / "guests" / f"{sources[0].stem}-{digest.hexdigest()[:16]}.elf"
     if out.exists():
         return out
@@ -53,6 +66,7 @@ def build_guest(sources: list[Path]) -> Path:
     cmd = [
         require_gcc(),
         *CFLAGS,
+        *flags,
         "-I",
         str(LIB),
         "-T",
