@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from nestvmx.engine.native import BuildError
+from nestvmx.guests.build import L2_WORKLOADS, build_minivisor
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.kvm.host import Host, RunResult
 from nestvmx.kvm.loader import ProgramError
@@ -35,7 +37,22 @@ Exit status:
   {STATUS_CANNOT_RUN}    the program could not be built or loaded
   {STATUS_INTERNAL}    an internal error of nestvmx
   2      bad usage""")
-@click.argument("program", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("program", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--l1", type=click.Choice(["minivisor"]), help="Run a built-in L1 hypervisor instead of PROGRAM.")
+@click.option(
+    "--l2",
+    type=click.Choice(sorted(L2_WORKLOADS)),
+    default="cpuid",
+    show_default=True,
+    help="The L2 workload of the built-in L1.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(1, 10**7),
+    default=1000,
+    show_default=True,
+    help="Iterations of the L2 workload.",
+)
 @click.option("--load-address", default="0x100000", show_default=True, help="Where a flat binary is loaded.")
 @click.option(
     "--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True, help="Guest memory in MiB."
@@ -57,7 +74,10 @@ Exit status:
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Write the statistics here.")
 @click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per VM exit here.")
 def run(
-    program: Path,
+    program: Path | None,
+    l1: str | None,
+    l2: str,
+    iterations: int,
     load_address: str,
     memory_mib: int,
     cpu: str,
@@ -72,12 +92,19 @@ def run(
     PROGRAM is an ELF64 executable, a flat binary (loaded at --load-address and started at its
     first byte) or a C / assembler source file, which is built for the platform first.  What the
     program writes to port 0xE9 appears on standard output.
+
+    \b
+    With --l1 minivisor, the built-in L1 hypervisor runs an L2 guest doing
+    --iterations of the --l2 workload (cpuid, vmcall, io, msr, pagetouch), e.g.
+      nestvmx run --l1 minivisor --l2 cpuid --iterations 1000 --stats-json s.json
     """
+    if (program is None) == (l1 is None):
+        raise click.UsageError("give either PROGRAM or --l1 minivisor")
     address = _address(load_address)
     trace_file = None
     try:
         vm = Host(cpu, shadow_vmcs).create_vm(memory_mib=memory_mib)
-        vm.load(program, address)
+        vm.load(build_minivisor(l2, iterations) if l1 else program, address)
         if trace:
             trace_file = trace.open("w")
             vm.trace_sink = lambda line: trace_file.write(line + "\n")
@@ -98,8 +125,11 @@ def run(
 
 
 def _write_console(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): keep running, stop printing
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
 
 
 def _write_stats(path: Path, result: RunResult) -> None:

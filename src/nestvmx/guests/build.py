@@ -35,6 +35,7 @@ def is_source(path: Path) -> bool:
     return path.suffix in SOURCE_SUFFIXES
 
 
+_LIB_FILES = ("start.S", "vmx_entry.S", "link.ld", "nestvmx.h", "vmx.h")
 MINIVISOR = Path(__file__).parent / "minivisor"
 L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5}
 
@@ -42,7 +43,7 @@ L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5}
 def build_minivisor(workload: str, iterations: int) -> Path:
     """The built-in L1 hypervisor with one of its L2 workloads."""
     return build_guest(
-        [MINIVISOR / "minivisor.c", MINIVISOR / "vmx_entry.S"],
+        [MINIVISOR / "minivisor.c"],
         {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations},
     )
 
@@ -50,7 +51,7 @@ def build_minivisor(workload: str, iterations: int) -> Path:
 def build_guest(sources: list[Path], defines: dict[str, int] | None = None) -> Path:
     """An ELF executable built from `sources` plus the support library (cached)."""
     flags = [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
-    inputs = [*sources, LIB / "start.S", LIB / "link.ld", LIB / "nestvmx.h"]
+    inputs = [*sources, *(LIB / name for name in _LIB_FILES)]
     digest = hashlib.sha256()
     for path in inputs:
         try:
@@ -74,6 +75,7 @@ def build_guest(sources: list[Path], defines: dict[str, int] | None = None) -> P
         "-o",
         str(tmp),
         str(LIB / "start.S"),
+        str(LIB / "vmx_entry.S"),
         *map(str, sources),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)

@@ -65,6 +65,9 @@ static inline u64 vmwrite(u64 field, u64 value) {
     u64 f; __asm__ volatile("vmwrite %2, %1; pushfq; popq %0" : "=r"(f) : "r"(field), "rm"(value) : "cc");
     return f & VMX_FLAGS;
 }
+/* VMLAUNCH/VMRESUME that fail return here with the flags; for entries that succeed use vmx_run (vmx.h). */
+static inline u64 vmlaunch(void) { u64 f; __asm__ volatile("vmlaunch; pushfq; popq %0" : "=r"(f) : : "cc", "memory"); return f & VMX_FLAGS; }
+static inline u64 vmresume(void) { u64 f; __asm__ volatile("vmresume; pushfq; popq %0" : "=r"(f) : : "cc", "memory"); return f & VMX_FLAGS; }
 static inline u64 vmcall(u64 rax) { __asm__ volatile("vmcall" : "+a"(rax) : : "memory"); return rax; }
 
 #endif
