@@ -643,7 +643,7 @@ class NestedVmx:
             return self.handle_ept_violation_l2()
         if self.l1_wants_exit(basic):
             return self.nested_vmx_vmexit(basic)
-        return None if basic == ExitReason.EPT_MISCONFIG else self.vcpu.handle_as_l0(basic)
+        return self.vcpu.handle_as_l0(basic)
 
     def l1_wants_exit(self, basic: int) -> bool:
         """nested_vmx_l1_wants_exit: would this exit have happened with vmcs12 on real hardware?"""
