@@ -123,6 +123,17 @@ int main(void) {
     ok(r == 0 && reason == 30 && len == 2 && rip == (u64)l2_out && qual == (0x80u << 16 | 1 << 6),
        "L2 OUT imm8: exit reason 30, qualification (port 0x80, immediate, 1 byte), length 2");
     ok(fail_valid(vmlaunch(), 4), "VMLAUNCH of a launched VMCS: VMfailValid(4)");
+    u64 ept_caps = rdmsr(0x48c);
+    struct { u64 a, b; } desc = {(u64)ept_pml4 | 3 << 3 | 6, 0};
+    u64 type = 3;  /* no such INVEPT type */
+    __asm__ volatile("invept %1, %2; pushfq; popq %0" : "=r"(flags) : "m"(desc), "r"(type) : "cc", "memory");
+    ok(fail_valid(flags & VMX_FLAGS, 28), "INVEPT with an unsupported type: VMfailValid(28)");
+    type = 1;
+    __asm__ volatile("invept %1, %2; pushfq; popq %0" : "=r"(flags) : "m"(desc), "r"(type) : "cc", "memory");
+    ok(!(ept_caps >> 25 & 1) || (flags & VMX_FLAGS) == 0, "INVEPT single-context of a valid EPTP");
+    desc.a = 0; type = 0;  /* individual address, VPID 0 */
+    __asm__ volatile("invvpid %1, %2; pushfq; popq %0" : "=r"(flags) : "m"(desc), "r"(type) : "cc", "memory");
+    ok(!(ept_caps >> 40 & 1) || fail_valid(flags & VMX_FLAGS, 28), "INVVPID of VPID 0: VMfailValid(28)");
     pa = (u64)vmcs_a;
     ok(vmclear(&pa) == 0 && vmptrld(&pa) == 0 && fail_valid(vmresume(), 5), "VMCLEAR makes the launch state clear");
     ok(vmclear(&pa) == 0 && vmxoff() == 0, "VMCLEAR and VMXOFF");
