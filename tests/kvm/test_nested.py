@@ -22,8 +22,8 @@ CONFORMANCE = Path(__file__).resolve().parents[1] / "guests" / "conformance"
 MODELS = ["haswell", "sandybridge"]
 
 
-def run_program(source: Path, cpu: str):
-    vm = Host(cpu).create_vm()
+def run_program(source: Path, cpu: str, shadow: bool | None = None):
+    vm = Host(cpu, shadow).create_vm()
     vm.load(build_guest([source]))
     return vm.run(max_exits=200_000)
 
@@ -48,8 +48,8 @@ WORKLOADS = {
 }
 
 
-def run_minivisor(workload: str, n: int, cpu: str) -> dict:
-    vm = Host(cpu).create_vm()
+def run_minivisor(workload: str, n: int, cpu: str, shadow: bool = False) -> dict:
+    vm = Host(cpu, shadow_vmcs=shadow).create_vm()
     vm.load(build_minivisor(workload, n))
     result = vm.run(max_exits=100_000)
     assert result.outcome == "exit" and result.status == 0, result.console + result.message
@@ -75,7 +75,7 @@ def test_minivisor_workloads(workload: str, cpu: str) -> None:
 
 def test_cpuid_costs_seven_l0_exits_per_l2_exit_without_shadowing() -> None:
     """1 L2 exit + L1's 3 VMREADs + 2 VMWRITEs (GUEST_RIP, HOST_RSP) + VMRESUME."""
-    small, large = (Host().create_vm() for _ in range(2))
+    small, large = (Host(shadow_vmcs=False).create_vm() for _ in range(2))
     small.load(build_minivisor("cpuid", 10))
     large.load(build_minivisor("cpuid", 60))
     a, b = small.run().stats["l0_exits"]["total"], large.run().stats["l0_exits"]["total"]

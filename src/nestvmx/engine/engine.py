@@ -161,6 +161,7 @@ class Engine:
         self.cpu = cpu
         self.host_ptr = ctypes.addressof(ctypes.c_char.from_buffer(cpu.memory.buffer))
         self.contexts: dict[int | None, GuestContext] = {}
+        self.retired_instructions: dict[int | None, int] = {}
         self.ctx: GuestContext | None = None
         self.stop: _Stop | None = None
         self.skip_special: int | None = None
@@ -169,9 +170,12 @@ class Engine:
 
     # ------------------------------------------------------------ public
 
-    def instructions(self, eptp: int | None) -> int:
-        ctx = self.contexts.get(eptp)
-        return ctx.instructions.value if ctx else 0
+    def instruction_counts(self) -> dict[int | None, int]:
+        """Guest instructions executed, by EPT pointer (i.e. by guest), including dropped contexts."""
+        counts = dict(self.retired_instructions)
+        for eptp, ctx in self.contexts.items():
+            counts[eptp] = counts.get(eptp, 0) + ctx.instructions.value
+        return counts
 
     def guest_memory(self) -> GuestMemory:
         return GuestMemory(self.cpu.model, self.cpu.memory, self.cpu.state, self._eptp())
@@ -232,7 +236,8 @@ class Engine:
         if kind != "ept":
             return  # VPID-tagged linear translations are not cached across exits by this model
         for eptp in [k for k in self.contexts if k is not None and (context is None or k & ~0xFFF == context & ~0xFFF)]:
-            del self.contexts[eptp]
+            dropped = self.contexts.pop(eptp)
+            self.retired_instructions[eptp] = self.retired_instructions.get(eptp, 0) + dropped.instructions.value
 
     # ------------------------------------------------------------ hooks
 

@@ -68,12 +68,12 @@ class VM:
             self.memory_size,
             self._write_console,
             lambda line: self.trace_sink and self.trace_sink(line),
+            self.host.shadow_vmcs,
         )
         build_platform(self.vcpu.memory, self.memory_size)
         for segment_address, blob in loaded.segments:
             self.vcpu.memory.write(segment_address, blob)
         self.vcpu.setup(initial_state(loaded.entry, INITIAL_RSP))
-        self.vcpu.stats.shadow_enabled = False  # shadow VMCS support comes with nested VMX
 
     def _write_console(self, data: bytes) -> None:
         self._console += data
@@ -86,6 +86,10 @@ class VM:
         start = time.monotonic()
         end = self.vcpu.run(max_exits, start + timeout if timeout else None)
         wall = time.monotonic() - start
-        eptp = self.vcpu.eptp
-        stats = self.vcpu.stats.as_dict(end.outcome, end.status, self.vcpu.engine.instructions(eptp), 0, wall)
+        vcpu = self.vcpu
+        events = vcpu.cpu.events
+        vcpu.stats.shadow_vmread, vcpu.stats.shadow_vmwrite = events["shadow_vmread"], events["shadow_vmwrite"]
+        counts = vcpu.engine.instruction_counts()
+        l1 = counts.pop(vcpu.eptp, 0)
+        stats = vcpu.stats.as_dict(end.outcome, end.status, l1, sum(counts.values()), wall)
         return RunResult(end.outcome, end.status, self._console.decode("latin-1"), end.message, stats)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
+from nestvmx.arch.fields import Access, FieldType
 from nestvmx.arch.fields import Field as F
-from nestvmx.arch.fields import FieldType
 from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_CONTEXT, Msr
 from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_mappings, ept_translate
 from nestvmx.engine.guest_memory import GuestMemory
@@ -39,11 +39,12 @@ from nestvmx.hw.state import (
     Segment,
     canonical,
 )
-from nestvmx.hw.vmcs import INVALID_POINTER
+from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import VMCS12_REVISION, VMCS12_SIZE, Vmcs12
+from nestvmx.kvm.vmcs_shadow_fields import SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
 
 if TYPE_CHECKING:
     from nestvmx.kvm.vmx import RunEnd, VmxVcpu
@@ -117,6 +118,91 @@ class NestedVmx:
         vcpu.memory.write_u(self.vmcs02, 4, vcpu.model.revision_id)
         self.ept02: EptTables | None = None
         self.ept02_source: int | None = None  # the EPTP12 EPT02 was built from
+        # VMCS shadowing (the 2013 "KVM: nVMX: shadow VMCS support" series).
+        self.enable_shadow_vmcs = vcpu.enable_shadow_vmcs
+        self.shadow_vmcs: int | None = None  # one per vCPU, allocated at VMXON
+        self.sync_shadow_vmcs = False
+        usable = [
+            f
+            for f in (*SHADOW_READ_ONLY_FIELDS, *SHADOW_READ_WRITE_FIELDS)
+            if f in vcpu.model.fields and f in self.model.fields
+        ]  # dropped where L1 or the CPU lacks them
+        self.shadow_read_write = [f for f in usable if f in SHADOW_READ_WRITE_FIELDS]
+        self.shadow_fields = usable
+
+    def init_vmcs_shadow_fields(self) -> tuple[int, int]:
+        """The VMREAD and VMWRITE bitmaps: every bit set but those of the shadowed fields."""
+        v = self.vcpu
+        read_bitmap, write_bitmap = v.alloc_page(), v.alloc_page()
+        v.memory.write(read_bitmap, b"\xff" * 0x1000)
+        v.memory.write(write_bitmap, b"\xff" * 0x1000)
+        for field in self.shadow_fields:
+            encodings = (field, field | 1) if (field >> 13) & 3 == 1 else (field,)  # 64-bit: FULL and HIGH
+            for enc in encodings:
+                bitmaps = (read_bitmap, write_bitmap) if field in self.shadow_read_write else (read_bitmap,)
+                for bitmap in bitmaps:
+                    byte = v.memory.read_u(bitmap + (enc >> 3), 1)
+                    v.memory.write_u(bitmap + (enc >> 3), 1, byte & ~(1 << (enc & 7)))
+        return read_bitmap, write_bitmap
+
+    def alloc_shadow_vmcs(self) -> None:
+        """At VMXON: one shadow VMCS per vCPU, VMCLEARed, reused for every vmcs12 L1 makes current."""
+        v = self.vcpu
+        self.shadow_vmcs = v.alloc_page()
+        v.memory.write_u(self.shadow_vmcs, 4, v.model.revision_id | SHADOW_VMCS_INDICATOR)
+        if v.cpu.vmclear(self.shadow_vmcs) != VM_SUCCEED:
+            raise AssertionError("VMCLEAR of the shadow VMCS failed")
+        v.stats.shadow_vmcs_allocated += 1
+        v.stats.shadow_vmcs_live += 1
+
+    def free_shadow_vmcs(self) -> None:
+        v = self.vcpu
+        if self.shadow_vmcs is not None:
+            v.cpu.vmclear(self.shadow_vmcs)
+            v.free_pages([self.shadow_vmcs])
+            self.shadow_vmcs = None
+            v.stats.shadow_vmcs_live -= 1
+
+    def _set_shadowing(self, on: bool) -> None:
+        """vmcs01 uses the shadow VMCS only while L1 has a current vmcs12."""
+        v = self.vcpu
+        secondary = v.vmread(F.SECONDARY_VM_EXEC_CONTROL)
+        if on:
+            v.vmwrite(F.SECONDARY_VM_EXEC_CONTROL, secondary | SecondaryCtls.SHADOW_VMCS)
+            v.vmwrite(F.VMCS_LINK_POINTER, self.shadow_vmcs)
+        else:
+            v.vmwrite(F.SECONDARY_VM_EXEC_CONTROL, secondary & ~SecondaryCtls.SHADOW_VMCS)
+            v.vmwrite(F.VMCS_LINK_POINTER, INVALID_POINTER)
+
+    def _switch_to(self, vmcs: int) -> None:
+        if self.vcpu.cpu.vmptrld(vmcs) != VM_SUCCEED:
+            raise AssertionError(f"VMPTRLD of L0's VMCS {vmcs:#x} failed")
+
+    def copy_shadow_to_vmcs12(self) -> None:
+        """The read-write fields L1 may have changed without exits, back into vmcs12."""
+        v, vmcs12 = self.vcpu, self.vmcs12
+        self._switch_to(self.shadow_vmcs)
+        for field in self.shadow_read_write:
+            vmcs12.write(self.model.encodings[field][0], Access.FULL, v.vmread(field))  # the one write path
+        self._switch_to(v.vmcs01)
+        v.stats.copies_from_shadow += 1
+        v.stats.fields_copied += len(self.shadow_read_write)
+
+    def copy_vmcs12_to_shadow(self) -> None:
+        """Read-only and read-write fields of vmcs12 into the shadow VMCS, before L1 runs again."""
+        v, vmcs12 = self.vcpu, self.vmcs12
+        self._switch_to(self.shadow_vmcs)
+        for field in self.shadow_fields:
+            v.vmwrite(field, vmcs12[field])
+        self._switch_to(v.vmcs01)
+        v.stats.copies_to_shadow += 1
+        v.stats.fields_copied += len(self.shadow_fields)
+
+    def before_l1_entry(self) -> None:
+        """Checked on every entry into L1: sync_shadow_vmcs copies vmcs12 into the shadow once."""
+        if self.sync_shadow_vmcs:
+            self.copy_vmcs12_to_shadow()
+            self.sync_shadow_vmcs = False
 
     # ------------------------------------------------------------ helpers
 
@@ -232,6 +318,10 @@ class NestedVmx:
     def release_vmcs12(self) -> None:
         """nested_release_vmcs12: write the cached vmcs12 back to L1 memory; no current VMCS."""
         if self.cached_vmcs12 is not None:
+            if self.shadow_vmcs is not None:
+                self.copy_shadow_to_vmcs12()
+                self._set_shadowing(False)
+                self.sync_shadow_vmcs = False
             if self.l1_memory.contains(self.vmcs12.address, VMCS12_SIZE):
                 self.l1_memory.write(self.vmcs12.address, self.vmcs12.to_bytes())
             self.cached_vmcs12 = None
@@ -259,6 +349,8 @@ class NestedVmx:
                 self.fail_invalid()
                 return
             self.vmxon, self.vmxon_ptr = True, pointer
+            if self.enable_shadow_vmcs:
+                self.alloc_shadow_vmcs()
             self.succeed()
 
         return self._emulate(body)
@@ -274,6 +366,7 @@ class NestedVmx:
     def free_nested(self) -> None:
         """Leave VMX operation (VMXOFF, vCPU teardown)."""
         self.release_vmcs12()
+        self.free_shadow_vmcs()
         self.vmxon, self.vmxon_ptr = False, INVALID_POINTER
 
     def handle_vmclear(self) -> RunEnd | None:
@@ -317,6 +410,9 @@ class NestedVmx:
                 self.release_vmcs12()
                 self.cached_vmcs12 = Vmcs12.from_bytes(pointer, self._read_region(pointer))
                 self.current_vmptr = pointer
+                if self.shadow_vmcs is not None:
+                    self._set_shadowing(True)
+                    self.sync_shadow_vmcs = True
             self.succeed()
 
         return self._emulate(body)
@@ -444,6 +540,8 @@ class NestedVmx:
         if self.current_vmptr == INVALID_POINTER:
             self.fail_invalid()
             return None
+        if self.shadow_vmcs is not None:
+            self.copy_shadow_to_vmcs12()  # vmcs12 must be whole before L0 checks or uses it
         if v.vmread(F.GUEST_INTERRUPTIBILITY_INFO) & 2:
             self.fail(VmxError.ENTRY_EVENTS_BLOCKED_BY_MOV_SS)
             return None
@@ -490,6 +588,7 @@ class NestedVmx:
         vmcs12[F.EXIT_QUALIFICATION] = qualification
         self.load_vmcs12_host_state()
         self.vcpu.stats.nested_vmexits += 1
+        self.sync_shadow_vmcs = self.shadow_vmcs is not None
 
     def prepare_vmcs02(self, launch: bool) -> None:
         """Build vmcs02 from vmcs12 and L0's own needs, then make it current."""
@@ -593,7 +692,8 @@ class NestedVmx:
     def drop_ept02(self) -> None:
         """L1 changed or flushed EPT12: forget EPT02 and invalidate it on the processor."""
         if self.ept02 is not None:
-            self.vcpu.cpu.invept(2, bytes(16))  # all-context: the processor drops EPT02's translations
+            # Single-context INVEPT: the processor drops the translations cached for EPT02.
+            self.vcpu.cpu.invept(1, self.ept02.eptp.to_bytes(8, "little") + bytes(8))
             self.vcpu.free_pages(self.ept02.pages)
         self.ept02 = None
         self.ept02_source = None
@@ -611,6 +711,7 @@ class NestedVmx:
         self.vmcs12.launched = False
         self.vmcs12[F.VM_INSTRUCTION_ERROR] = result if result > 0 else VmxError.ENTRY_INVALID_CONTROL_FIELD
         self._set_rflags(RFLAGS_ZF)  # RIP already points past VMLAUNCH/VMRESUME
+        self.sync_shadow_vmcs = self.shadow_vmcs is not None
 
     def handle_ept_violation_l2(self) -> RunEnd | None:
         """An L2 access EPT02 does not allow: fill EPT02 from EPT12, or reflect to L1."""
@@ -730,6 +831,7 @@ class NestedVmx:
         self.sync_vmcs02_to_vmcs12()
         self.load_vmcs12_host_state()
         v.stats.nested_vmexits += 1
+        self.sync_shadow_vmcs = self.shadow_vmcs is not None
         if v.trace:
             v.trace(
                 f"kvm_nested_vmexit: vcpu 0 reason {ExitReason(reason & 0xFFFF).name} "

@@ -71,8 +71,12 @@ class VmxVcpu:
         guest_size: int,
         console: Callable[[bytes], None],
         trace: Callable[[str], None] | None = None,
+        enable_shadow_vmcs: bool = True,
     ) -> None:
         self.model = model
+        # KVM's module parameter, honoured only where the processor can shadow (cpu_has_vmx_shadow_vmcs:
+        # secondary control bit 14 and IA32_VMX_MISC bit 29, to VMWRITE the exit fields into the shadow).
+        self.enable_shadow_vmcs = enable_shadow_vmcs and model.has_vmcs_shadowing and model.vmwrite_any_field
         self.guest_size = guest_size
         self.memory = PhysicalMemory(guest_size + L0_AREA_SIZE)
         host = CpuState()
@@ -91,6 +95,10 @@ class VmxVcpu:
         self.eptp = self._build_ept01()
         self.launched: set[int] = set()  # processor VMCSs (vmcs01, vmcs02) entered since their VMCLEAR
         self.nested = NestedVmx(self)
+        self.stats.shadow_enabled = self.enable_shadow_vmcs
+        self.vmread_bitmap, self.vmwrite_bitmap = (
+            self.nested.init_vmcs_shadow_fields() if self.enable_shadow_vmcs else (None, None)
+        )
 
     # ------------------------------------------------------------ set-up
 
@@ -230,6 +238,8 @@ class VmxVcpu:
         }
         for seg, (sel, base, limit, ar) in zip(guest.segs, GUEST_SEGMENT_FIELDS, strict=True):
             values.update({sel: seg.selector, base: seg.base, limit: seg.limit, ar: seg.ar})
+        if self.enable_shadow_vmcs:
+            values[F.VMREAD_BITMAP], values[F.VMWRITE_BITMAP] = self.vmread_bitmap, self.vmwrite_bitmap
         for field, value in values.items():
             self.vmwrite(field, value)
         self.regs = list(guest.gpr)
@@ -244,6 +254,8 @@ class VmxVcpu:
                 return RunEnd("limit", 0, f"stopped after {max_exits} exits (--max-exits)")
             if deadline is not None and time.monotonic() > deadline:
                 return RunEnd("limit", 0, "stopped at the time limit")
+            if not self.nested.guest_mode:
+                self.nested.before_l1_entry()
             # Guest GPRs and CR2 are not in the VMCS: L0 loads them before VM entry, as KVM's vmenter does.
             self.cpu.state.gpr[:] = self.regs
             self.cpu.state.cr2 = self.cr2

@@ -1,0 +1,117 @@
+"""VMCS shadowing in L0: exit-less VMREAD/VMWRITE for L1, invisible to L1 (differential tests
+shadow on vs. off), its counters, and one shadow VMCS per vCPU with no leak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nestvmx.guests.build import build_guest, build_minivisor
+from nestvmx.kvm.host import Host
+from nestvmx.kvm.vmcs_shadow_fields import SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
+
+ROOT = Path(__file__).resolve().parents[2]
+GUESTS = ROOT / "tests" / "guests"
+PROGRAMS = sorted((GUESTS / "conformance").glob("*.c")) + [GUESTS / "shadow_counts.c", ROOT / "examples" / "hello.c"]
+
+
+def run(elf: Path, shadow: bool, cpu: str = "haswell"):
+    vm = Host(cpu, shadow_vmcs=shadow).create_vm()
+    vm.load(elf)
+    result = vm.run(max_exits=200_000)
+    return result, bytes(vm.vcpu.memory.buffer[: vm.memory_size])
+
+
+def assert_invisible(elf: Path) -> tuple[dict, dict]:
+    """Everything L1 can observe is identical with and without shadowing: console, status, memory."""
+    (on, mem_on), (off, mem_off) = run(elf, True), run(elf, False)
+    assert (on.outcome, on.status, on.console) == (off.outcome, off.status, off.console)
+    assert mem_on == mem_off, "L1's memory (incl. its vmcs12 regions) differs"
+    assert on.stats["instructions"] == off.stats["instructions"]
+    assert on.stats["shadow"]["enabled"] and not off.stats["shadow"]["enabled"]
+    return on.stats, off.stats
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.stem)
+def test_programs_are_unaware_of_shadowing(program: Path) -> None:
+    assert_invisible(build_guest([program]))
+
+
+@pytest.mark.parametrize("workload", ["cpuid", "vmcall", "io", "msr", "pagetouch"])
+def test_minivisor_is_unaware_of_shadowing_and_exits_less(workload: str) -> None:
+    on, off = assert_invisible(build_minivisor(workload, 20))
+    assert on["l0_exits"]["total"] < off["l0_exits"]["total"]
+    assert on["nested"] == off["nested"]
+    assert on["l0_exits"]["from_l2"] == off["l0_exits"]["from_l2"]
+
+
+def test_exact_counts_for_known_accesses() -> None:
+    (on, _), (off, _) = run(build_guest([GUESTS / "shadow_counts.c"]), True), run(
+        build_guest([GUESTS / "shadow_counts.c"]), False
+    )
+    assert on.status == off.status == 0 and "0x0000000000005000" in on.console
+    s, e = on.stats["shadow"], on.stats["l0_exits"]["by_reason"]
+    assert (s["vmwrite"], s["vmread"]) == (5, 4)  # 5 GUEST_RIP writes; 3 EXIT_QUALIFICATION + 1 GUEST_RIP reads
+    assert e.get("VMREAD") == 2 and e.get("VMWRITE") == 1  # VM_INSTRUCTION_ERROR twice, EPT_POINTER once
+    assert off.stats["l0_exits"]["by_reason"]["VMREAD"] == 6 and off.stats["l0_exits"]["by_reason"]["VMWRITE"] == 6
+    # VMPTRLD syncs vmcs12 into the shadow once before L1 runs; VMCLEAR copies the RW fields back.
+    assert (s["copies_to_shadow"], s["copies_from_shadow"]) == (1, 1)
+    shadowed = (
+        len(SHADOW_READ_ONLY_FIELDS) + len(SHADOW_READ_WRITE_FIELDS) - 4
+    )  # no INTR_STATUS, PML_INDEX, TPR_THRESHOLD, timer
+    assert s["fields_copied"] == shadowed + (len(SHADOW_READ_WRITE_FIELDS) - 4)
+    assert (s["vmcs_allocated"], s["vmcs_live"]) == (1, 0)
+
+
+def test_sandybridge_cannot_shadow() -> None:
+    result, _ = run(build_guest([GUESTS / "shadow_counts.c"]), True, cpu="sandybridge")
+    assert result.status == 0 and not result.stats["shadow"]["enabled"] and result.stats["shadow"]["vmread"] == 0
+
+
+def test_repeated_vmxon_leaks_no_shadow_vmcs() -> None:
+    result, _ = run(build_guest([GUESTS / "vmxon_loop.c"]), True)
+    assert result.status == 0 and result.console == "done\n"
+    s = result.stats["shadow"]
+    assert s["vmcs_live"] == 1  # in VMX operation at the end: exactly one per vCPU
+    assert s["vmcs_allocated"] == 1 + 10000  # the first VMXON, then one per VMXOFF/VMXON pair
+    assert result.stats["l0_exits"]["by_reason"]["VMXON"] == 20001
+
+
+def test_cpuid_costs_three_l0_exits_per_l2_exit_with_shadowing() -> None:
+    """The L2 exit, minivisor's VMWRITE of HOST_RSP (not shadowed) and VMRESUME; its VMREADs of
+    the exit reason, length and RIP and its VMWRITE of GUEST_RIP are served by the shadow VMCS."""
+    small, large = (Host(shadow_vmcs=True).create_vm() for _ in range(2))
+    small.load(build_minivisor("cpuid", 10))
+    large.load(build_minivisor("cpuid", 60))
+    a, b = small.run().stats, large.run().stats
+    assert (b["l0_exits"]["total"] - a["l0_exits"]["total"]) / 50 == 3
+    assert (b["shadow"]["vmread"] - a["shadow"]["vmread"]) / 50 == 3
+    assert (b["shadow"]["vmwrite"] - a["shadow"]["vmwrite"]) / 50 == 1
+    assert (b["shadow"]["copies_to_shadow"] - a["shadow"]["copies_to_shadow"]) / 50 == 1
+
+
+# Property-based: random VMX instruction sequences behave identically with and without shadowing.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_OPS = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2**16), st.integers(0, 2**64 - 1)), min_size=1, max_size=40)
+_SCRIPT_ADDRESS = 0x800000
+
+
+def run_script(ops: list[tuple[int, int, int]], shadow: bool):
+    vm = Host("haswell", shadow_vmcs=shadow).create_vm()
+    vm.load(build_guest([GUESTS / "vmx_script.c"]))
+    blob = len(ops).to_bytes(8, "little") + b"".join(x.to_bytes(8, "little") for op in ops for x in op)
+    vm.vcpu.memory.write(_SCRIPT_ADDRESS, blob)
+    result = vm.run(max_exits=20_000)
+    return result, bytes(vm.vcpu.memory.buffer[: vm.memory_size])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_OPS)
+def test_random_vmx_sequences_are_unaware_of_shadowing(ops: list[tuple[int, int, int]]) -> None:
+    (on, mem_on), (off, mem_off) = run_script(ops, True), run_script(ops, False)
+    assert on.outcome in ("exit", "crash", "limit")
+    assert (on.outcome, on.status, on.console, on.message) == (off.outcome, off.status, off.console, off.message)
+    assert mem_on == mem_off
