@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from nestvmx.kvm.host import VM, Host, RunResult  # noqa: E402
+from nestvmx.api import VM, Host, RunResult  # noqa: E402
 
 __all__ = ["Host", "RunResult", "VM", "__version__"]

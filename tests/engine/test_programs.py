@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from nestvmx.api import Host
 from nestvmx.cli.main import main
 from nestvmx.cli.run import STATUS_CANNOT_RUN, STATUS_CRASH, STATUS_LIMIT
 from nestvmx.guests.build import build_guest
-from nestvmx.kvm.host import Host
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

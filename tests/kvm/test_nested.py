@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from nestvmx.api import Host
 from nestvmx.arch.fields import VMCS_FIELDS
 from nestvmx.arch.fields import Field as F
 from nestvmx.cli.main import main
 from nestvmx.guests.build import build_guest, build_minivisor
 from nestvmx.hw.cpu_models import get_cpu_model
-from nestvmx.kvm.host import Host
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import VMCS12_OFFSETS, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
 

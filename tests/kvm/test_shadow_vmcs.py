@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from nestvmx.api import Host
 from nestvmx.guests.build import build_guest, build_minivisor
-from nestvmx.kvm.host import Host
 from nestvmx.kvm.vmcs_shadow_fields import SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]

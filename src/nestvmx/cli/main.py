@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nestvmx import __version__
+from nestvmx.cli.bench import bench
 from nestvmx.cli.fields import fields
 from nestvmx.cli.run import run
 
@@ -20,5 +21,6 @@ def main() -> None:
     """
 
 
+main.add_command(bench)
 main.add_command(fields)
 main.add_command(run)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
+from nestvmx.api import Host, RunResult
 from nestvmx.engine.native import BuildError
 from nestvmx.guests.build import L2_WORKLOADS, build_minivisor
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
-from nestvmx.kvm.host import Host, RunResult
 from nestvmx.kvm.loader import ProgramError
 from nestvmx.kvm.vmx import L0Bug
+from nestvmx.measure.cost_model import CostModelError
 
 STATUS_LIMIT = 124
 STATUS_CRASH = 125
@@ -69,6 +70,7 @@ Exit status:
     default=None,
     help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).",
 )
+@click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
 @click.option("--max-exits", type=click.IntRange(1), help="Stop after this many L0 exits (outcome 'limit').")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
 @click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Write the statistics here.")
@@ -82,6 +84,7 @@ def run(
     memory_mib: int,
     cpu: str,
     shadow_vmcs: bool | None,
+    costs: str | None,
     max_exits: int | None,
     timeout: float | None,
     stats_json: Path | None,
@@ -103,14 +106,14 @@ def run(
     address = _address(load_address)
     trace_file = None
     try:
-        vm = Host(cpu, shadow_vmcs).create_vm(memory_mib=memory_mib)
+        vm = Host(cpu, shadow_vmcs, costs).create_vm(memory_mib=memory_mib)
         vm.load(build_minivisor(l2, iterations) if l1 else program, address)
         if trace:
             trace_file = trace.open("w")
             vm.trace_sink = lambda line: trace_file.write(line + "\n")
         vm.console_sink = _write_console
         result = vm.run(max_exits=max_exits, timeout=timeout)
-    except (ProgramError, BuildError, ValueError) as err:
+    except (ProgramError, BuildError, CostModelError, ValueError) as err:
         _fail(STATUS_CANNOT_RUN, str(err))
     except OSError as err:
         _fail(STATUS_CANNOT_RUN, f"{err.filename or ''}: {err.strerror}".strip(": "))

@@ -143,6 +143,7 @@ class GuestContext:
         hpa = m.hpa + (gpa & ~0xFFF) - m.gpa
         if not e.cpu.memory.contains(hpa, 0x1000):
             raise EngineError(f"EPT maps guest-physical {gpa:#x} to host-physical {hpa:#x}, where no memory is")
+        e.cpu.events["ept_walk"] += 1  # the walk a TLB miss on this page costs the processor
         try:
             self.uc.mem_map_ptr(gpa & ~0xFFF, 0x1000, m.perms, e.host_ptr + hpa)
         except UcError:

@@ -48,10 +48,15 @@ def build_minivisor(workload: str, iterations: int) -> Path:
     )
 
 
+def build_workload(workload: str, iterations: int) -> Path:
+    """An L2 workload as a program of its own, to run single-level."""
+    return build_guest([MINIVISOR / "workload.c"], {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations})
+
+
 def build_guest(sources: list[Path], defines: dict[str, int] | None = None) -> Path:
     """An ELF executable built from `sources` plus the support library (cached)."""
     flags = [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
-    inputs = [*sources, *(LIB / name for name in _LIB_FILES)]
+    inputs = [*sources, *(LIB / name for name in _LIB_FILES), *sorted(MINIVISOR.glob("*.h"))]
     digest = hashlib.sha256()
     for path in inputs:
         try:
@@ -70,6 +75,8 @@ def build_guest(sources: list[Path], defines: dict[str, int] | None = None) -> P
         *flags,
         "-I",
         str(LIB),
+        "-I",
+        str(MINIVISOR),
         "-T",
         str(LIB / "link.ld"),
         "-o",

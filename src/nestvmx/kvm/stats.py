@@ -31,7 +31,9 @@ class RunStats:
     def total_exits(self) -> int:
         return sum(self.exits_from_l1.values()) + sum(self.exits_from_l2.values())
 
-    def as_dict(self, outcome: str, status: int, instructions_l1: int, instructions_l2: int, wall: float) -> dict:
+    def as_dict(
+        self, outcome: str, status: int, instructions_l1: int, instructions_l2: int, wall: float, events: dict[str, int]
+    ) -> dict:
         by_reason = self.exits_from_l1 + self.exits_from_l2
         return {
             "outcome": outcome,
@@ -58,7 +60,6 @@ class RunStats:
                 "vmcs_live": self.shadow_vmcs_live,
             },
             "instructions": {"l1": instructions_l1, "l2": instructions_l2},
-            "modeled_cycles": 0,  # the cost model comes with the measurement layer
-            "cost_model": "none",
+            "events": dict(sorted(events.items())),  # the processor's hardware events, for the cost model
             "wall_seconds": round(wall, 6),
         }

@@ -6,14 +6,7 @@
  * Build-time parameters: WORKLOAD (1 cpuid, 2 vmcall, 3 io, 4 msr, 5 pagetouch), ITERATIONS. */
 #include <vmx.h>
 
-#ifndef WORKLOAD
-#define WORKLOAD 1
-#endif
-#ifndef ITERATIONS
-#define ITERATIONS 100
-#endif
-
-enum { W_CPUID = 1, W_VMCALL, W_IO, W_MSR, W_PAGETOUCH };
+#include "workloads.h"
 
 static u8 vmxon_region[4096] __attribute__((aligned(4096)));
 static u8 vmcs[4096] __attribute__((aligned(4096)));
@@ -26,22 +19,11 @@ static u8 l2_stack[16384] __attribute__((aligned(16)));
 static struct guest_regs g;
 static u64 exits[64], kernel_gs_base;
 
-#define FRESH_BASE (32ull << 20)  /* guest-physical 32-48 MiB: mapped on demand (pagetouch) */
-#define FRESH_SIZE (16ull << 20)
 
 /* ---------------------------------------------------------------- L2 workloads */
 
 static void l2_main(void) {
-    u32 a, b, c, d;
-    for (u64 i = 0; i < ITERATIONS; i++) {
-        switch (WORKLOAD) {
-        case W_CPUID: cpuid(0, 0, &a, &b, &c, &d); break;
-        case W_VMCALL: vmcall(0); break;
-        case W_IO: outb(0x80, (u8)i); break;
-        case W_MSR: wrmsr(0xc0000102, i); if (rdmsr(0xc0000102) != i) vmcall(2); break;
-        case W_PAGETOUCH: *(volatile u64 *)(FRESH_BASE + (i % (FRESH_SIZE >> 12)) * 4096) = i; break;
-        }
-    }
+    run_workload();
     vmcall(1);  /* done */
     for (;;) __asm__ volatile("hlt");
 }

@@ -14,6 +14,7 @@ from nestvmx.hw.cpu_models import DEFAULT_CPU_MODEL, get_cpu_model
 from nestvmx.kvm.loader import ProgramError, parse_program, read_program
 from nestvmx.kvm.platform import INITIAL_RSP, build_platform, initial_state
 from nestvmx.kvm.vmx import VmxVcpu
+from nestvmx.measure.cost_model import CostModel, default_cost_model
 
 MAX_MEMORY_MIB = 4096
 
@@ -28,11 +29,15 @@ class RunResult:
 
 
 class Host:
-    """A machine with one processor model; `shadow_vmcs` is L0's enable_shadow_vmcs."""
+    """A machine with one processor model; `shadow_vmcs` is L0's enable_shadow_vmcs; `costs` names
+    the cost model (a built-in calibration era or a TOML file) that turns events into cycles."""
 
-    def __init__(self, cpu: str = DEFAULT_CPU_MODEL, shadow_vmcs: bool | None = None) -> None:
+    def __init__(
+        self, cpu: str = DEFAULT_CPU_MODEL, shadow_vmcs: bool | None = None, costs: str | Path | None = None
+    ) -> None:
         self.model = get_cpu_model(cpu)
         self.shadow_vmcs = self.model.has_vmcs_shadowing if shadow_vmcs is None else shadow_vmcs
+        self.cost_model = CostModel.load(costs or default_cost_model(cpu))
 
     def create_vm(self, memory_mib: int = 64, vcpus: int = 1) -> VM:
         if not 1 <= memory_mib <= MAX_MEMORY_MIB:
@@ -91,5 +96,7 @@ class VM:
         vcpu.stats.shadow_vmread, vcpu.stats.shadow_vmwrite = events["shadow_vmread"], events["shadow_vmwrite"]
         counts = vcpu.engine.instruction_counts()
         l1 = counts.pop(vcpu.eptp, 0)
-        stats = vcpu.stats.as_dict(end.outcome, end.status, l1, sum(counts.values()), wall)
+        stats = vcpu.stats.as_dict(end.outcome, end.status, l1, sum(counts.values()), wall, events)
+        stats["modeled_cycles"] = self.host.cost_model.cycles(stats)
+        stats["cost_model"] = self.host.cost_model.name
         return RunResult(end.outcome, end.status, self._console.decode("latin-1"), end.message, stats)

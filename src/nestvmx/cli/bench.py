@@ -1,0 +1,90 @@
+"""`nestvmx bench`: the project's main job."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from nestvmx.guests.build import L2_WORKLOADS
+from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
+from nestvmx.measure.bench import BenchRow, run_bench, shadow_share
+from nestvmx.measure.cost_model import CostModelError
+
+
+@click.command()
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    type=click.Choice(sorted(L2_WORKLOADS)),
+    help="Run only this workload (repeatable). Default: all.",
+)
+@click.option("--iterations", type=click.IntRange(1, 10**6), default=200, show_default=True)
+@click.option("--cpu", type=click.Choice(sorted(CPU_MODELS)), default=DEFAULT_CPU_MODEL, show_default=True)
+@click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the rows {workload, config, footprint, cost_model, stats} here.",
+)
+def bench(workloads: tuple[str, ...], iterations: int, cpu: str, costs: str | None, json_path: Path | None) -> None:
+    """Run each workload native, single-level, nested, and nested with VMCS shadowing; print
+    L0 exits and modeled cycles per L2 exit, the overhead over single-level and the share of the
+    nested overhead that shadowing removes."""
+    chosen = list(workloads) or sorted(L2_WORKLOADS)
+    console = Console(stderr=True)
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("bench", total=len(chosen) * 4)
+            rows = run_bench(
+                chosen, iterations, cpu, costs, lambda what: progress.update(task, advance=1, description=what)
+            )
+    except CostModelError as err:
+        click.echo(f"nestvmx: {err}", err=True)
+        sys.exit(126)
+    out = Console(width=200) if not Console().is_terminal else Console()
+    out.print(_table(rows, cpu, iterations))
+    if json_path:
+        json_path.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
+
+
+def _table(rows: list[BenchRow], cpu: str, iterations: int) -> Table:
+    cost_model = rows[0].cost_model if rows else "-"
+    table = Table(
+        title=f"nestvmx bench — cpu {cpu}, cost model {cost_model}, {iterations} iterations",
+        title_justify="left",
+        header_style="bold",
+    )
+    for name, justify in (
+        ("workload", "left"),
+        ("config", "left"),
+        ("L2 exits", "right"),
+        ("L0 exits", "right"),
+        ("L0 exits / L2 exit", "right"),
+        ("cycles / L2 exit", "right"),
+        ("overhead vs single", "right"),
+        ("nested overhead removed", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    single = {r.workload: r.cycles_per_l2_exit for r in rows if r.config == "single"}
+    for r in rows:
+        overhead = f"{r.cycles_per_l2_exit / single[r.workload]:.1f}x" if single.get(r.workload) else "-"
+        share = shadow_share(rows, r.workload) if r.config == "nested-shadow" else None
+        table.add_row(
+            r.workload,
+            r.config,
+            str(r.l2_exits),
+            str(r.stats["l0_exits"]["total"]),
+            f"{r.l0_exits_per_l2_exit:.2f}",
+            f"{r.cycles_per_l2_exit:,.0f}",
+            overhead,
+            f"{share:.0%}" if share is not None else "",
+        )
+    return table

@@ -1,0 +1,1 @@
+"""Measurement: the cost model (modeled cycles from counted events) and reports."""

@@ -1,0 +1,99 @@
+"""`nestvmx bench`: each workload native, single-level, nested and nested with VMCS shadowing.
+
+Per-exit figures come from two runs of each configuration, with N and with 0 iterations, so that
+the set-up (VMXON, building the VMCS and EPT, printing) does not weigh on them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nestvmx.api import Host
+from nestvmx.guests.build import build_minivisor, build_workload
+from nestvmx.measure.cost_model import CostModel
+
+CONFIGS = ("native", "single", "nested", "nested-shadow")
+# Workload exits per iteration (the msr workload writes then reads an MSR).
+EXITS_PER_ITERATION = {"cpuid": 1, "vmcall": 1, "io": 1, "msr": 2, "pagetouch": 1}
+
+
+@dataclass
+class BenchRow:
+    workload: str
+    config: str
+    footprint: str
+    cost_model: str
+    stats: dict
+    l2_exits: int
+    l0_exits_per_l2_exit: float
+    cycles_per_l2_exit: float
+    breakdown_per_l2_exit: dict[str, float]
+
+    def as_json(self) -> dict:
+        return {
+            "workload": self.workload,
+            "config": self.config,
+            "footprint": self.footprint,
+            "cost_model": self.cost_model,
+            "stats": self.stats,
+        }
+
+
+def _run(workload: str, config: str, iterations: int, cpu: str, costs: str | None) -> dict:
+    nested = config.startswith("nested")
+    host = Host(cpu, shadow_vmcs=config == "nested-shadow", costs=costs)
+    vm = host.create_vm()
+    vm.load(build_minivisor(workload, iterations) if nested else build_workload(workload, iterations))
+    result = vm.run()
+    if result.outcome != "exit" or result.status != 0:
+        raise RuntimeError(f"{workload}/{config}: {result.outcome} {result.status} {result.message}")
+    return result.stats
+
+
+def _native(stats: dict, model: CostModel) -> dict:
+    """The workload on the bare processor: its instructions and no exits (modeled, not run)."""
+    native = {**stats, "l0_exits": {"total": 0, "from_l1": 0, "from_l2": 0, "by_reason": {}}, "events": {}}
+    native["modeled_cycles"] = round((stats["instructions"]["l1"] + stats["instructions"]["l2"]) * model.cpi)
+    return native
+
+
+def run_bench(
+    workloads: list[str], iterations: int, cpu: str, costs: str | None, progress: Callable[[str], None] = lambda _: None
+) -> list[BenchRow]:
+    model = CostModel.load(costs) if costs else Host(cpu).cost_model
+    rows = []
+    configs = [c for c in CONFIGS if c != "nested-shadow" or Host(cpu).shadow_vmcs]
+    for workload in workloads:
+        exits = EXITS_PER_ITERATION[workload] * iterations
+        for config in configs:
+            progress(f"{workload} / {config}")
+            base, full = (
+                _run(workload, "single" if config == "native" else config, n, cpu, costs) for n in (0, iterations)
+            )
+            if config == "native":
+                base, full = _native(base, model), _native(full, model)
+            parts = {k: (v - model.breakdown(base)[k]) / exits for k, v in model.breakdown(full).items()}
+            if config == "native":
+                parts = {k: (v if k in ("l1", "l2") else 0.0) for k, v in parts.items()}
+            rows.append(
+                BenchRow(
+                    workload,
+                    config,
+                    "minivisor" if config.startswith("nested") else "-",
+                    model.name,
+                    full,
+                    exits,
+                    (full["l0_exits"]["total"] - base["l0_exits"]["total"]) / exits,
+                    (full["modeled_cycles"] - base["modeled_cycles"]) / exits,
+                    parts,
+                )
+            )
+    return rows
+
+
+def shadow_share(rows: list[BenchRow], workload: str) -> float | None:
+    """The share of nested overhead (cycles over single-level) that VMCS shadowing removes."""
+    by = {r.config: r.cycles_per_l2_exit for r in rows if r.workload == workload}
+    if "nested-shadow" not in by or by["nested"] == by["single"]:
+        return None
+    return (by["nested"] - by["nested-shadow"]) / (by["nested"] - by["single"])

@@ -1,0 +1,84 @@
+"""The cost model: data files with a source for every number, and cycles from counted events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nestvmx.api import Host
+from nestvmx.cli.main import main
+from nestvmx.guests.build import build_minivisor
+from nestvmx.measure.cost_model import COSTS_DIR, CostModel, CostModelError
+
+
+@pytest.mark.parametrize("name", ["turtles2010", "haswell"])
+def test_builtin_models_load_and_every_number_has_a_provenance(name: str) -> None:
+    model = CostModel.load(name)
+    assert model.name == name and model.hardware["vmexit"] > 0 and model.l0_software["simple_exit"] > 0
+    text = (COSTS_DIR / f"{name}.toml").read_text()
+    for line in text.splitlines():
+        if "= {" in line:
+            assert any(p in line for p in ("source =", "estimate =", "calibrated =")), line
+
+
+def test_a_number_without_source_is_rejected(tmp_path: Path) -> None:
+    text = (
+        (COSTS_DIR / "haswell.toml")
+        .read_text()
+        .replace('vmexit = { cycles = 240, source = "vmlatency', 'vmexit = { cycles = 240, note = "vmlatency')
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(CostModelError, match="vmexit has no source"):
+        CostModel.load(bad)
+
+
+@pytest.mark.parametrize("text, message", [("name = 1", "needs a `name`"), ("[[", "not valid TOML")])
+def test_malformed_cost_files(tmp_path: Path, text: str, message: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(CostModelError, match=message):
+        CostModel.load(bad)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(CostModelError, match="unknown cost model 'nope'.*haswell"):
+        CostModel.load("nope")
+
+
+def test_cycles_are_the_sum_of_the_breakdown_and_follow_the_events() -> None:
+    vm = Host("haswell", shadow_vmcs=False, costs="turtles2010").create_vm()
+    vm.load(build_minivisor("cpuid", 20))
+    stats = vm.run().stats
+    model = CostModel.load("turtles2010")
+    parts = model.breakdown(stats)
+    assert stats["cost_model"] == "turtles2010" and stats["modeled_cycles"] == round(sum(parts.values()))
+    assert parts["hardware"] == stats["events"]["vmexit"] * 500 + stats["events"]["vmentry"] * 500
+    counts = model.handler_counts(stats)
+    assert counts["emulated_vmread"] == stats["l0_exits"]["by_reason"]["VMREAD"]
+    assert counts["nested_vmexit"] == stats["nested"]["vmexits"] == 21
+    assert sum(v for k, v in counts.items() if k != "shadow_sync_field") == stats["l0_exits"]["total"]
+
+
+def test_bench_prints_the_table_and_writes_rows(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(main, ["bench", "--workload", "cpuid", "--iterations", "20", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "nested-shadow" in result.output and "L0 exits / L2 exit" in result.output
+    rows = json.loads(out.read_text())
+    assert [r["config"] for r in rows] == ["native", "single", "nested", "nested-shadow"]
+    for r in rows:
+        assert set(r) == {"workload", "config", "footprint", "cost_model", "stats"}
+        assert {"outcome", "l0_exits", "nested", "shadow", "modeled_cycles", "cost_model"} <= set(r["stats"])
+    nested, shadowed = rows[2]["stats"], rows[3]["stats"]
+    assert shadowed["l0_exits"]["total"] < nested["l0_exits"]["total"] and shadowed["shadow"]["enabled"]
+
+
+def test_bench_rejects_a_bad_cost_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n')
+    result = CliRunner().invoke(main, ["bench", "--workload", "cpuid", "--iterations", "5", "--costs", str(bad)])
+    assert result.exit_code == 126
