@@ -100,6 +100,8 @@ class GuestContext:
         self.regs = UnicornRegisters(self.uc)
         self.hooked: set[int] = set()
         self.scanned: set[int] = set()  # block starts already searched for special instructions
+        self.scanned_code: dict[tuple[int, int], bytes] = {}  # (CR3, block) -> the bytes last scanned
+        self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.instructions = ctypes.c_uint64(0)
         self._map_memory()
         self._add_hooks()
@@ -179,7 +181,9 @@ class Engine:
         return counts
 
     def guest_memory(self) -> GuestMemory:
-        return GuestMemory(self.cpu.model, self.cpu.memory, self.cpu.state, self._eptp())
+        eptp = self._eptp()
+        ctx = self.contexts.get(eptp)
+        return GuestMemory(self.cpu.model, self.cpu.memory, self.cpu.state, eptp, ctx.ept_cache if ctx else None)
 
     def run(self) -> VmExit:
         """Run guest code from the current state until a VM exit; return it."""
@@ -278,7 +282,12 @@ class Engine:
     def _scan(self, pc: int, size: int = 64) -> bool:
         """Place code hooks on the instructions Unicorn would execute without a VM exit; True if new."""
         ctx = self.ctx
-        code = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp).fetch(pc, size)
+        state = self._uc_paging_state()
+        code = GuestMemory(self.cpu.model, self.cpu.memory, state, ctx.eptp, ctx.ept_cache).fetch(pc, size)
+        key = (state.cr3, pc)
+        if ctx.scanned_code.get(key) == code:
+            return False  # retranslated after a flush, same bytes: its hooks are still in place
+        ctx.scanned_code[key] = code
         found = False
         for ins in iced_x86.Decoder(64, code, ip=pc):
             if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES:

@@ -6,7 +6,7 @@ of the engine's own decoding; Unicorn does the same translation for ordinary gue
 
 from __future__ import annotations
 
-from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_translate
+from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, EptMapping, ept_translate
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.exceptions import Vector, X86Exception
 from nestvmx.hw.memory import PhysicalMemory
@@ -21,18 +21,31 @@ _EFER_NXE = 1 << 11
 class GuestMemory:
     """Implements hw.paging.LinearMemory for a guest; raises X86Exception(#PF) and EptFault."""
 
-    def __init__(self, model: CpuModel, memory: PhysicalMemory, state: CpuState, eptp: int | None) -> None:
+    def __init__(
+        self,
+        model: CpuModel,
+        memory: PhysicalMemory,
+        state: CpuState,
+        eptp: int | None,
+        ept_cache: dict[int, EptMapping] | None = None,
+    ) -> None:
         self.model = model
         self.memory = memory
         self.state = state
         self.eptp = eptp
+        # Translations of this EPT hierarchy by 4 KiB guest-physical page, kept by the owner for as
+        # long as the hierarchy is unchanged (like the processor's EPT TLB, dropped on INVEPT).
+        self.ept_cache = ept_cache if ept_cache is not None else {}
         self.last_gpa = 0  # guest-physical address of the last translation (for EPT violations)
 
     def gpa_to_hpa(self, gpa: int, access: int) -> int:
         """Guest-physical to host-physical; EptFault with the entry's permissions on a violation."""
         if self.eptp is None:
             return gpa
-        m = ept_translate(self.model, self.memory, self.eptp, gpa)
+        m = self.ept_cache.get(gpa >> 12)
+        if m is None:
+            m = ept_translate(self.model, self.memory, self.eptp, gpa)
+            self.ept_cache[gpa >> 12] = m
         if access & ~m.perms:
             raise EptFault(gpa, misconfig=False, perms=m.perms)
         return m.hpa + (gpa - m.gpa)

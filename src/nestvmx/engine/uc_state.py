@@ -7,8 +7,11 @@ parts.  General-purpose registers stay in the register file across transitions (
 
 from __future__ import annotations
 
+import ctypes
+
 from unicorn import Uc
 from unicorn import x86_const as X
+from unicorn.unicorn_py3 import unicorn as _ucmod
 
 from nestvmx.arch.msr import Msr
 from nestvmx.hw.state import AR_UNUSABLE, CpuState, Seg, Segment
@@ -39,6 +42,20 @@ _SEG_IDS = {
     Seg.FS: X.UC_X86_REG_FS,
     Seg.GS: X.UC_X86_REG_GS,
 }
+_PLAIN_REGS = frozenset(
+    {
+        *GPR_IDS,
+        X.UC_X86_REG_RIP,
+        X.UC_X86_REG_RFLAGS,
+        X.UC_X86_REG_CR0,
+        X.UC_X86_REG_CR3,
+        X.UC_X86_REG_CR4,
+        X.UC_X86_REG_DR7,
+        X.UC_X86_REG_FS_BASE,
+        X.UC_X86_REG_GS_BASE,
+        *(X.UC_X86_REG_ES, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_FS, X.UC_X86_REG_GS),
+    }
+)
 # MSRs that Unicorn models and that guest software reads back (beyond those in CpuState fields).
 _PASSTHROUGH_MSRS = (
     Msr.IA32_SYSENTER_CS,
@@ -73,6 +90,8 @@ class UnicornRegisters:
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
         self.known: dict[object, object] = {}
+        self._buffer = ctypes.c_uint64()
+        self._buffer_ref = ctypes.byref(self._buffer)
 
     def write(self, reg: int, value, key: object = None) -> None:
         key = reg if key is None else key
@@ -81,7 +100,12 @@ class UnicornRegisters:
             self.known[key] = value
 
     def read(self, reg: int, key: object = None):
-        value = self.uc.reg_read(reg)
+        if reg in _PLAIN_REGS:  # an integer register: the raw C call is ~3x faster than the binding
+            self._buffer.value = 0  # segment selectors fill only 2 bytes
+            _ucmod.uclib.uc_reg_read(self.uc._uch, reg, self._buffer_ref)
+            value = self._buffer.value
+        else:
+            value = self.uc.reg_read(reg)
         self.known[reg if key is None else key] = value
         return value
 

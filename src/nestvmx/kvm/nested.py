@@ -116,6 +116,7 @@ class NestedVmx:
         self.guest_mode = False
         self.vmcs02 = vcpu.alloc_page()
         vcpu.memory.write_u(self.vmcs02, 4, vcpu.model.revision_id)
+        self.ept01_cache: dict = {}  # EPT01 never changes: its translations can be kept
         self.ept02: EptTables | None = None
         self.ept02_source: int | None = None  # the EPTP12 EPT02 was built from
         # VMCS shadowing (the 2013 "KVM: nVMX: shadow VMCS support" series).
@@ -250,7 +251,7 @@ class NestedVmx:
         return address
 
     def _memory(self, state: CpuState) -> GuestMemory:
-        return GuestMemory(self.vcpu.model, self.vcpu.memory, state, self.vcpu.eptp)
+        return GuestMemory(self.vcpu.model, self.vcpu.memory, state, self.vcpu.eptp, self.ept01_cache)
 
     def _read_operand(self, size: int) -> int:
         state = self._l1_state()
