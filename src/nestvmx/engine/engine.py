@@ -100,7 +100,7 @@ class GuestContext:
         self.regs = UnicornRegisters(self.uc)
         self.hooked: set[int] = set()
         self.scanned: set[int] = set()  # block starts already searched for special instructions
-        self.scanned_code: dict[tuple[int, int], bytes] = {}  # (CR3, block) -> the bytes last scanned
+        self.scanned_code: dict[tuple[int, int], tuple[int, bytes]] = {}  # (CR3, block) -> (host address, bytes)
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.instructions = ctypes.c_uint64(0)
         self._map_memory()
@@ -282,12 +282,15 @@ class Engine:
     def _scan(self, pc: int, size: int = 64) -> bool:
         """Place code hooks on the instructions Unicorn would execute without a VM exit; True if new."""
         ctx = self.ctx
-        state = self._uc_paging_state()
-        code = GuestMemory(self.cpu.model, self.cpu.memory, state, ctx.eptp, ctx.ept_cache).fetch(pc, size)
-        key = (state.cr3, pc)
-        if ctx.scanned_code.get(key) == code:
+        cr3 = ctx.regs.known.get(X.UC_X86_REG_CR3)
+        seen = ctx.scanned_code.get((cr3, pc))
+        buffer = self.cpu.memory.buffer
+        if seen and buffer[seen[0] : seen[0] + len(seen[1])] == seen[1]:
             return False  # retranslated after a flush, same bytes: its hooks are still in place
-        ctx.scanned_code[key] = code
+        memory = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp, ctx.ept_cache)
+        code = memory.fetch(pc, size)
+        if code and (pc & 0xFFF) + len(code) <= 0x1000:  # within one page: remember where it lives
+            ctx.scanned_code[(cr3, pc)] = (self._block_hpa(memory, pc), code)
         found = False
         for ins in iced_x86.Decoder(64, code, ip=pc):
             if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES:
@@ -297,6 +300,9 @@ class Engine:
         if found:
             ctx.uc.ctl_remove_cache(pc, pc + len(code))
         return found
+
+    def _block_hpa(self, memory: GuestMemory, pc: int) -> int:
+        return memory.gpa_to_hpa(memory.linear_to_gpa(pc, fetch=True), 0)
 
     def _uc_paging_state(self) -> CpuState:
         uc, s = self.ctx.uc, CpuState()

@@ -42,10 +42,13 @@ from nestvmx.hw.instruction import MemOperand, VmxInstruction, VmxOp
 from nestvmx.hw.memory import PhysicalMemory
 from nestvmx.hw.paging import LinearMemory
 from nestvmx.hw.state import (
+    AR_L,
     CR0_PE,
     CR4_VMXE,
+    EFER_LMA,
     RFLAGS_ARITH,
     RFLAGS_CF,
+    RFLAGS_VM,
     RFLAGS_ZF,
     CpuState,
     Seg,
@@ -133,8 +136,9 @@ class LogicalProcessor:
         return self._set_status(error if self.current_vmcs != INVALID_POINTER else VM_FAIL_INVALID)
 
     def _ud_unless_vmx_capable_mode(self) -> None:
+        """#UD with CR0.PE = 0, in virtual-8086 mode or in compatibility mode (on the hot path: inlined)."""
         s = self.state
-        if not s.cr0 & CR0_PE or s.virtual_8086 or s.in_compatibility_mode:
+        if not s.cr0 & CR0_PE or s.rflags & RFLAGS_VM or (s.efer & EFER_LMA and not s.segs[1].ar & AR_L):
             raise X86Exception(Vector.UD)
 
     def _root_prechecks(self) -> None:
@@ -144,7 +148,8 @@ class LogicalProcessor:
         self._ud_unless_vmx_capable_mode()
         if self.non_root:
             raise RuntimeError("the value API is for VMX root operation; use execute() for guest code")
-        if self.state.cpl > 0:
+        s = self.state
+        if s.cr0 & CR0_PE and s.segs[2].ar & 0x60:  # CPL = SS.DPL
             raise X86Exception(Vector.GP, 0)
 
     def _pointer_ok(self, address: int) -> bool:

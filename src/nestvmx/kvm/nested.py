@@ -100,6 +100,8 @@ _ALWAYS_REFLECTED = {
     ExitReason.INVALID_GUEST_STATE,
 }
 _VPID02 = 2
+# Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
+_CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
 
 
 class NestedVmx:
@@ -117,6 +119,7 @@ class NestedVmx:
         self.vmcs02 = vcpu.alloc_page()
         vcpu.memory.write_u(self.vmcs02, 4, vcpu.model.revision_id)
         self.ept01_cache: dict = {}  # EPT01 never changes: its translations can be kept
+        self.vmcs02_values: dict[int, int] = {}  # what L0 last wrote to (or read from) vmcs02
         self.ept02: EptTables | None = None
         self.ept02_source: int | None = None  # the EPTP12 EPT02 was built from
         # VMCS shadowing (the 2013 "KVM: nVMX: shadow VMCS support" series).
@@ -649,8 +652,13 @@ class NestedVmx:
         if not f[F.VM_ENTRY_CONTROLS] & EntryCtls.LOAD_PAT:
             values[F.GUEST_IA32_PAT] = l1_pat
         values.update(v.host_state_fields)
+        # Write only what vmcs02 does not hold already (KVM's split of prepare_vmcs02 into a "rare"
+        # part): the processor itself changes only the guest state, which the last nested exit read.
+        known = self.vmcs02_values
         for field, value in values.items():
-            v.vmwrite(field, value)
+            if known.get(field) != value or field in _CHANGED_BY_VM_EXIT:
+                v.vmwrite(field, value)
+                known[field] = value
         if launch:
             vmcs12.launched = True
         self.guest_mode = True
@@ -844,7 +852,7 @@ class NestedVmx:
         v, vmcs12 = self.vcpu, self.vmcs12
         f = vmcs12.fields
         for field in GUEST_STATE_FIELDS:
-            f[field] = v.vmread(field)
+            f[field] = self.vmcs02_values[field] = v.vmread(field)
         for cr, mask_f, shadow_f in (
             (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, F.CR0_READ_SHADOW),
             (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, F.CR4_READ_SHADOW),
