@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from nestvmx.guests.build import build_guest
-from nestvmx.kvm.host import Host
+from nestvmx.api import Host
 
 SOURCE = """#include <nestvmx.h>
 int main(void) {
