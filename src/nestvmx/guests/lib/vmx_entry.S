@@ -3,7 +3,12 @@
  * saves L1's callee-saved registers, sets HOST_RSP, loads the guest GPRs from *g and executes
  * VMLAUNCH or VMRESUME.  On a VM exit the processor resumes at vmx_exit_point (HOST_RIP) with
  * RSP = HOST_RSP: the guest GPRs are stored into *g and vmx_run returns 0.  If the instruction
- * fails (VMfail), vmx_run returns RFLAGS with bit 63 set. */
+ * fails (VMfail), vmx_run returns RFLAGS with bit 63 set.  HOST_RSP is written only when it
+ * changes, as KVM's vmx_vcpu_run does (it caches the value it last wrote). */
+    .data
+    .balign 8
+host_rsp_written:
+    .quad 0
     .text
     .globl vmx_run, vmx_exit_point
 vmx_run:
@@ -15,8 +20,12 @@ vmx_run:
     pushq %r15
     pushq %rsi                      /* g, found again at (%rsp) after the exit */
     movl %edi, %ebx                 /* launch flag: keep it in a callee-saved register */
+    cmpq host_rsp_written(%rip), %rsp
+    je 4f
+    movq %rsp, host_rsp_written(%rip)
     movq $0x6c14, %rax              /* HOST_RSP */
     vmwrite %rsp, %rax
+4:
     movq 0x00(%rsi), %rax
     movq 0x08(%rsi), %rcx
     movq 0x10(%rsi), %rdx
