@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from nestvmx.guests.build import L2_WORKLOADS
+from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.measure.bench import BenchRow, run_bench, shadow_share
 from nestvmx.measure.cost_model import CostModelError
@@ -27,6 +28,13 @@ from nestvmx.measure.cost_model import CostModelError
 )
 @click.option("--iterations", type=click.IntRange(1, 10**6), default=200, show_default=True)
 @click.option("--cpu", type=click.Choice(sorted(CPU_MODELS)), default=DEFAULT_CPU_MODEL, show_default=True)
+@click.option(
+    "--footprint",
+    type=click.Choice(sorted(FOOTPRINTS)),
+    default=DEFAULT_FOOTPRINT,
+    show_default=True,
+    help="Whose VMREAD/VMWRITE traffic the built-in L1 reproduces.",
+)
 @click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
 @click.option(
     "--json",
@@ -34,7 +42,9 @@ from nestvmx.measure.cost_model import CostModelError
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the rows {workload, config, footprint, cost_model, stats} here.",
 )
-def bench(workloads: tuple[str, ...], iterations: int, cpu: str, costs: str | None, json_path: Path | None) -> None:
+def bench(
+    workloads: tuple[str, ...], iterations: int, cpu: str, footprint: str, costs: str | None, json_path: Path | None
+) -> None:
     """Run each workload native, single-level, nested, and nested with VMCS shadowing; print
     L0 exits and modeled cycles per L2 exit, the overhead over single-level and the share of the
     nested overhead that shadowing removes."""
@@ -44,7 +54,12 @@ def bench(workloads: tuple[str, ...], iterations: int, cpu: str, costs: str | No
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("bench", total=len(chosen) * 4)
             rows = run_bench(
-                chosen, iterations, cpu, costs, lambda what: progress.update(task, advance=1, description=what)
+                chosen,
+                iterations,
+                cpu,
+                costs,
+                footprint,
+                lambda what: progress.update(task, advance=1, description=what),
             )
     except CostModelError as err:
         click.echo(f"nestvmx: {err}", err=True)
@@ -57,8 +72,9 @@ def bench(workloads: tuple[str, ...], iterations: int, cpu: str, costs: str | No
 
 def _table(rows: list[BenchRow], cpu: str, iterations: int) -> Table:
     cost_model = rows[0].cost_model if rows else "-"
+    footprint = next((r.footprint for r in rows if r.footprint != "-"), "-")
     table = Table(
-        title=f"nestvmx bench — cpu {cpu}, cost model {cost_model}, {iterations} iterations",
+        title=f"nestvmx bench — cpu {cpu}, cost model {cost_model}, L1 footprint {footprint}, {iterations} iterations",
         title_justify="left",
         header_style="bold",
     )

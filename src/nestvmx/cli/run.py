@@ -80,6 +80,7 @@ def run(
     l1: str | None,
     l2: str,
     iterations: int,
+    footprint: str,
     load_address: str,
     memory_mib: int,
     cpu: str,
@@ -98,7 +99,8 @@ def run(
 
     \b
     With --l1 minivisor, the built-in L1 hypervisor runs an L2 guest doing
-    --iterations of the --l2 workload (cpuid, vmcall, io, msr, pagetouch), e.g.
+    --iterations of the --l2 workload (cpuid, vmcall, io, msr, pagetouch), handling
+    each exit with the VMCS accesses of --footprint (kvm, kvm2010, minimal), e.g.
       nestvmx run --l1 minivisor --l2 cpuid --iterations 1000 --stats-json s.json
     """
     if (program is None) == (l1 is None):
@@ -107,7 +109,7 @@ def run(
     trace_file = None
     try:
         vm = Host(cpu, shadow_vmcs, costs).create_vm(memory_mib=memory_mib)
-        vm.load(build_minivisor(l2, iterations) if l1 else program, address)
+        vm.load(build_minivisor(l2, iterations, footprint) if l1 else program, address)
         if trace:
             trace_file = trace.open("w")
             vm.trace_sink = lambda line: trace_file.write(line + "\n")

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from nestvmx.engine.native import BuildError, cache_dir, require_gcc
+from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS, c_header
 
 LIB = Path(__file__).parent / "lib"
 SOURCE_SUFFIXES = (".c", ".S", ".s")
@@ -40,11 +41,15 @@ MINIVISOR = Path(__file__).parent / "minivisor"
 L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5}
 
 
-def build_minivisor(workload: str, iterations: int) -> Path:
-    """The built-in L1 hypervisor with one of its L2 workloads."""
+def build_minivisor(workload: str, iterations: int, footprint: str = DEFAULT_FOOTPRINT) -> Path:
+    """The built-in L1 hypervisor with one of its L2 workloads and the VMCS footprint of a real L1."""
+    header = cache_dir() / "footprints" / footprint / "footprint.h"
+    text = c_header(FOOTPRINTS[footprint])
+    if not header.exists() or header.read_text() != text:
+        header.parent.mkdir(parents=True, exist_ok=True)
+        header.write_text(text)
     return build_guest(
-        [MINIVISOR / "minivisor.c"],
-        {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations},
+        [MINIVISOR / "minivisor.c"], {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations}, headers=[header]
     )
 
 
@@ -53,10 +58,12 @@ def build_workload(workload: str, iterations: int) -> Path:
     return build_guest([MINIVISOR / "workload.c"], {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations})
 
 
-def build_guest(sources: list[Path], defines: dict[str, int] | None = None) -> Path:
-    """An ELF executable built from `sources` plus the support library (cached)."""
+def build_guest(sources: list[Path], defines: dict[str, int] | None = None, headers: list[Path] = ()) -> Path:
+    """An ELF executable built from `sources` plus the support library (cached); `headers` are
+    generated headers the sources include by name."""
     flags = [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
-    inputs = [*sources, *(LIB / name for name in _LIB_FILES), *sorted(MINIVISOR.glob("*.h"))]
+    flags += [arg for header in headers for arg in ("-I", str(header.parent))]
+    inputs = [*headers, *sources, *(LIB / name for name in _LIB_FILES), *sorted(MINIVISOR.glob("*.h"))]
     digest = hashlib.sha256()
     for path in inputs:
         try:

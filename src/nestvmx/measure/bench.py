@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from nestvmx.api import Host
 from nestvmx.guests.build import build_minivisor, build_workload
+from nestvmx.guests.footprints import DEFAULT_FOOTPRINT
 from nestvmx.measure.cost_model import CostModel
 
 CONFIGS = ("native", "single", "nested", "nested-shadow")
@@ -39,11 +40,11 @@ class BenchRow:
         }
 
 
-def _run(workload: str, config: str, iterations: int, cpu: str, costs: str | None) -> dict:
+def _run(workload: str, config: str, iterations: int, cpu: str, costs: str | None, footprint: str) -> dict:
     nested = config.startswith("nested")
     host = Host(cpu, shadow_vmcs=config == "nested-shadow", costs=costs)
     vm = host.create_vm()
-    vm.load(build_minivisor(workload, iterations) if nested else build_workload(workload, iterations))
+    vm.load(build_minivisor(workload, iterations, footprint) if nested else build_workload(workload, iterations))
     result = vm.run()
     if result.outcome != "exit" or result.status != 0:
         raise RuntimeError(f"{workload}/{config}: {result.outcome} {result.status} {result.message}")
@@ -58,7 +59,12 @@ def _native(stats: dict, model: CostModel) -> dict:
 
 
 def run_bench(
-    workloads: list[str], iterations: int, cpu: str, costs: str | None, progress: Callable[[str], None] = lambda _: None
+    workloads: list[str],
+    iterations: int,
+    cpu: str,
+    costs: str | None,
+    footprint: str = DEFAULT_FOOTPRINT,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> list[BenchRow]:
     model = CostModel.load(costs) if costs else Host(cpu).cost_model
     rows = []
@@ -68,7 +74,8 @@ def run_bench(
         for config in configs:
             progress(f"{workload} / {config}")
             base, full = (
-                _run(workload, "single" if config == "native" else config, n, cpu, costs) for n in (0, iterations)
+                _run(workload, "single" if config == "native" else config, n, cpu, costs, footprint)
+                for n in (0, iterations)
             )
             if config == "native":
                 base, full = _native(base, model), _native(full, model)
@@ -79,7 +86,7 @@ def run_bench(
                 BenchRow(
                     workload,
                     config,
-                    "minivisor" if config.startswith("nested") else "-",
+                    footprint if config.startswith("nested") else "-",
                     model.name,
                     full,
                     exits,

@@ -48,8 +48,20 @@ static void must(u64 flags, const char *what) {
     }
 }
 
-static u64 vmr(u64 field) { u64 v = 0; must(vmread(field, &v), "VMREAD failed"); return v; }
-static void vmw(u64 field, u64 value) { must(vmwrite(field, value), "VMWRITE failed"); }
+static __attribute__((unused)) u64 vmr(u64 field) { u64 v = 0; must(vmread(field, &v), "VMREAD failed"); return v; }
+/* The values written with vmw(), so that a hypervisor can write a field again unchanged. */
+static struct { u64 field, value; } vmx_written[160];
+static int vmx_nwritten;
+static void vmw(u64 field, u64 value) {
+    must(vmwrite(field, value), "VMWRITE failed");
+    for (int i = 0; i < vmx_nwritten; i++)
+        if (vmx_written[i].field == field) { vmx_written[i].value = value; return; }
+    if (vmx_nwritten < 160) { vmx_written[vmx_nwritten].field = field; vmx_written[vmx_nwritten++].value = value; }
+}
+static u64 vmx_last_written(u64 field) {
+    for (int i = 0; i < vmx_nwritten; i++) if (vmx_written[i].field == field) return vmx_written[i].value;
+    return 0;
+}
 
 /* A GDT of our own (code 0x08, data 0x10, a TSS at 0x18), loaded with LTR: VM entry needs a
  * usable host TR, and vmx_setup_vmcs gives L2 these selectors. */

@@ -3,10 +3,12 @@
  * does (CPUID emulation, port I/O, VMCALL, MSR access, HLT, EPT violations), and after the
  * workload prints a summary and exits through port 0xF4.
  *
- * Build-time parameters: WORKLOAD (1 cpuid, 2 vmcall, 3 io, 4 msr, 5 pagetouch), ITERATIONS. */
+ * Build-time parameters: WORKLOAD (1 cpuid, 2 vmcall, 3 io, 4 msr, 5 pagetouch), ITERATIONS, and
+ * the footprint tables (FP_*) of the L1 whose VMCS traffic it reproduces. */
 #include <vmx.h>
 
 #include "workloads.h"
+#include "footprint.h"  /* generated: the FP_* tables of the chosen footprint */
 
 static u8 vmxon_region[4096] __attribute__((aligned(4096)));
 static u8 vmcs[4096] __attribute__((aligned(4096)));
@@ -39,41 +41,56 @@ static void build_ept(void) {
 
 /* ---------------------------------------------------------------- exit handling */
 
-static void skip_instruction(void) { vmw(GUEST_RIP, vmr(GUEST_RIP) + vmr(VM_EXIT_INSTRUCTION_LEN)); }
+/* The footprint (the FP_* tables of footprint.h, generated from nestvmx.guests.footprints)
+ * decides which fields are read on each exit and written before the next entry. */
+static u16 read_field[32];
+static u64 read_value[32];
+static int nread;
 
-static int handle_exit(u64 reason) {
+static void fp_read(u16 field) {
+    u64 v = 0;
+    vmread(field, &v);  /* a field L0 does not offer fails; the access happened all the same */
+    read_field[nread] = field; read_value[nread++] = v;
+}
+
+static int was_read(u16 field, u64 *value) {
+    for (int i = 0; i < nread; i++) if (read_field[i] == field) { *value = read_value[i]; return 1; }
+    return 0;
+}
+
+static u64 cached(u16 field) {
+    u64 v;
+    if (!was_read(field, &v)) die("the footprint does not read field", field);
+    return v;
+}
+
+/* Handles one exit; returns 1 when the workload is done.  *next_rip is where L2 continues. */
+static int handle_exit(u64 reason, u64 *next_rip) {
+    *next_rip = 0;
     switch (reason) {
     case EXIT_CPUID: {
         u32 leaf = (u32)g.rax;
         g.rax = leaf == 0 ? 0xd : 0; g.rbx = 0x756e6547; g.rcx = 0x6c65746e; g.rdx = 0x49656e69;
-        skip_instruction();
-        return 0;
+        break;
     }
     case EXIT_VMCALL:
         if (g.rax == 1) return 1;
         if (g.rax == 2) die("L2 read back a wrong MSR value", g.rcx);
         g.rax = 0;
-        skip_instruction();
-        return 0;
-    case EXIT_IO: {
-        u64 q = vmr(EXIT_QUALIFICATION);
-        if (q & 8) g.rax |= 0xff;  /* IN: no device */
-        skip_instruction();
-        return 0;
-    }
+        break;
+    case EXIT_IO:
+        if (cached(EXIT_QUALIFICATION) & 8) g.rax |= 0xff;  /* IN: no device */
+        break;
     case EXIT_RDMSR:
         g.rax = (u32)kernel_gs_base; g.rdx = kernel_gs_base >> 32;
-        skip_instruction();
-        return 0;
+        break;
     case EXIT_WRMSR:
         kernel_gs_base = (g.rdx << 32) | (u32)g.rax;
-        skip_instruction();
-        return 0;
+        break;
     case EXIT_HLT:
-        skip_instruction();
-        return 0;
+        break;
     case EXIT_EPT_VIOLATION: {
-        u64 gpa = vmr(GUEST_PHYSICAL_ADDRESS);
+        u64 gpa = cached(GUEST_PHYSICAL_ADDRESS);
         if (gpa < FRESH_BASE || gpa >= FRESH_BASE + FRESH_SIZE) die("EPT violation outside the fresh region", gpa);
         u64 page = (gpa - FRESH_BASE) >> 12;
         ept_pt[page / 512][page % 512] = (gpa & ~0xfffull) | 6 << 3 | 7;  /* map it, identity */
@@ -82,7 +99,18 @@ static int handle_exit(u64 reason) {
     default:
         die("unexpected VM exit, reason", reason);
     }
-    return 1;
+    *next_rip = cached(GUEST_RIP) + cached(VM_EXIT_INSTRUCTION_LEN);
+    return 0;
+}
+
+static void footprint_writes(u64 reason, u64 next_rip) {
+    for (int i = 0; i < fp_nwrites[reason]; i++) {
+        u16 field = fp_writes[reason][i];
+        u64 value;
+        if (field == GUEST_RIP) value = next_rip;
+        else if (!was_read(field, &value)) value = vmx_last_written(field);
+        vmwrite(field, value);  /* rewrites what the field holds; a field L0 does not offer fails */
+    }
 }
 
 static const char *const names[64] = {[EXIT_CPUID] = "CPUID", [EXIT_HLT] = "HLT", [EXIT_VMCALL] = "VMCALL",
@@ -111,12 +139,17 @@ int main(void) {
     for (int launched = 0;; launched = 1) {
         u64 r = vmx_run(!launched, &g);
         if (r) must(r & 0xff, launched ? "VMRESUME failed" : "VMLAUNCH failed");
-        u64 reason = vmr(VM_EXIT_REASON);
+        nread = 0;
+        for (int i = 0; i < FP_NCOMMON; i++) fp_read(fp_common[i]);
+        u64 reason = cached(VM_EXIT_REASON);
         if (reason & (1u << 31)) die("VM entry failed, exit reason", reason);
-        reason &= 0xffff;
-        exits[reason < 64 ? reason : 63]++;
+        reason &= 0x3f;
+        for (int i = 0; i < fp_nreads[reason]; i++) fp_read(fp_reads[reason][i]);
+        exits[reason]++;
         total++;
-        if (handle_exit(reason)) break;
+        u64 next_rip;
+        if (handle_exit(reason, &next_rip)) break;
+        footprint_writes(reason, next_rip);
     }
     puts("minivisor: workload done, "); put_dec(ITERATIONS); puts(" iterations, "); put_dec(total);
     puts(" L2 exits\n");
