@@ -12,6 +12,7 @@ import click
 from nestvmx.api import Host, RunResult
 from nestvmx.engine.native import BuildError
 from nestvmx.guests.build import L2_WORKLOADS, build_minivisor
+from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.kvm.loader import ProgramError
 from nestvmx.kvm.vmx import L0Bug
@@ -53,6 +54,13 @@ Exit status:
     default=1000,
     show_default=True,
     help="Iterations of the L2 workload.",
+)
+@click.option(
+    "--footprint",
+    type=click.Choice(sorted(FOOTPRINTS)),
+    default=DEFAULT_FOOTPRINT,
+    show_default=True,
+    help="Whose VMREAD/VMWRITE traffic the built-in L1 reproduces on each exit.",
 )
 @click.option("--load-address", default="0x100000", show_default=True, help="Where a flat binary is loaded.")
 @click.option(
