@@ -16,6 +16,7 @@ from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.measure.bench import BenchRow, run_bench, shadow_share
 from nestvmx.measure.cost_model import CostModelError
+from nestvmx.measure.reproduce import EXPERIMENTS
 
 
 @click.command()
@@ -37,17 +38,29 @@ from nestvmx.measure.cost_model import CostModelError
 )
 @click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
 @click.option(
+    "--reproduce", type=click.Choice(sorted(EXPERIMENTS)), help="Set up a published experiment; print model vs. paper."
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the rows {workload, config, footprint, cost_model, stats} here.",
 )
 def bench(
-    workloads: tuple[str, ...], iterations: int, cpu: str, footprint: str, costs: str | None, json_path: Path | None
+    workloads: tuple[str, ...],
+    iterations: int,
+    cpu: str,
+    footprint: str,
+    costs: str | None,
+    reproduce: str | None,
+    json_path: Path | None,
 ) -> None:
     """Run each workload native, single-level, nested, and nested with VMCS shadowing; print
     L0 exits and modeled cycles per L2 exit, the overhead over single-level and the share of the
     nested overhead that shadowing removes."""
+    if reproduce:
+        _print_reproduction(reproduce, iterations)
+        return
     chosen = list(workloads) or sorted(L2_WORKLOADS)
     console = Console(stderr=True)
     try:
@@ -68,6 +81,23 @@ def bench(
     out.print(_table(rows, cpu, iterations))
     if json_path:
         json_path.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
+
+
+def _print_reproduction(name: str, iterations: int) -> None:
+    comparisons = EXPERIMENTS[name](iterations)
+    table = Table(title=f"reproduction of {name}: model vs. paper", title_justify="left", header_style="bold")
+    for column, justify in (
+        ("quantity", "left"),
+        ("model", "right"),
+        ("paper", "right"),
+        ("error", "right"),
+        ("kind", "left"),
+        ("source", "left"),
+    ):
+        table.add_column(column, justify=justify)
+    for c in comparisons:
+        table.add_row(c.quantity, f"{c.model:,.1f}", f"{c.paper:,.0f}", f"{c.error:+.1%}", c.kind, c.source)
+    Console(width=200).print(table)
 
 
 def _table(rows: list[BenchRow], cpu: str, iterations: int) -> Table:
