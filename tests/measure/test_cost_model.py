@@ -82,3 +82,13 @@ def test_bench_rejects_a_bad_cost_file(tmp_path: Path) -> None:
     bad.write_text('name = "x"\n')
     result = CliRunner().invoke(main, ["bench", "--workload", "cpuid", "--iterations", "5", "--costs", str(bad)])
     assert result.exit_code == 126
+
+
+def test_turtles_reproduction_rows() -> None:
+    from nestvmx.measure.reproduce import reproduce_turtles
+
+    rows = {c.quantity: c for c in reproduce_turtles(iterations=20)}
+    assert round(rows["L0 exits per nested CPUID"].model) == 13
+    assert round(rows["L0 exits per nested CPUID, exit-less VMREAD/VMWRITE"].model) == 4
+    assert abs(rows["nested CPUID, cycles"].error) < 0.05  # calibrated on this figure
+    assert {c.kind for c in rows.values()} == {"calibration", "validation"}

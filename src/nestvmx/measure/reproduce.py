@@ -26,7 +26,7 @@ def _row(rows, config):
     return next(r for r in rows if r.config == config)
 
 
-def reproduce_turtles(iterations: int = 200) -> list[Comparison]:
+def reproduce_turtles(iterations: int = 100) -> list[Comparison]:
     """Turtles (OSDI 2010) §4.3 / Fig. 10: nested CPUID with KVM (kvm-87) as L1, no VMCS shadowing;
     its "DRW" variant makes every VMREAD/VMWRITE exit-less, which here is VMCS shadowing with
     KVM's field list (TPR_THRESHOLD and HOST_CR0 writes still exit)."""
@@ -55,7 +55,7 @@ def reproduce_turtles(iterations: int = 200) -> list[Comparison]:
     ]
 
 
-def reproduce_neve(iterations: int = 200) -> list[Comparison]:
+def reproduce_neve(iterations: int = 100) -> list[Comparison]:
     """NEVE (SOSP 2017) Tables 1, 6, 7: hypercall in a VM and in a nested VM, KVM on KVM on
     Haswell-EP with VMCS shadowing (L1 footprint: today's KVM)."""
     rows = run_bench(["vmcall"], iterations, "haswell", "haswell", "kvm")
