@@ -102,7 +102,7 @@ def _print_reproduction(name: str, iterations: int) -> None:
     ):
         table.add_column(column, justify=justify)
     for c in comparisons:
-        table.add_row(c.quantity, f"{c.model:,.1f}", f"{c.paper:,.0f}", f"{c.error:+.1%}", c.kind, c.source)
+        table.add_row(c.quantity, f"{c.model:,.1f}", f"{c.paper:,g}", f"{c.error:+.1%}", c.kind, c.source)
     Console(width=200).print(table)
 
 

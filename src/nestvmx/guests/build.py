@@ -38,7 +38,7 @@ def is_source(path: Path) -> bool:
 
 _LIB_FILES = ("start.S", "vmx_entry.S", "link.ld", "nestvmx.h", "vmx.h")
 MINIVISOR = Path(__file__).parent / "minivisor"
-L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5}
+L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5, "mix": 6}
 
 
 def build_minivisor(workload: str, iterations: int, footprint: str = DEFAULT_FOOTPRINT) -> Path:

@@ -16,7 +16,7 @@ from nestvmx.measure.cost_model import CostModel
 
 CONFIGS = ("native", "single", "nested", "nested-shadow")
 # Workload exits per iteration (the msr workload writes then reads an MSR).
-EXITS_PER_ITERATION = {"cpuid": 1, "vmcall": 1, "io": 1, "msr": 2, "pagetouch": 1}
+EXITS_PER_ITERATION = {"cpuid": 1, "vmcall": 1, "io": 1, "msr": 2, "pagetouch": 1, "mix": 1}
 
 
 @dataclass

@@ -132,7 +132,7 @@ int main(void) {
     msr_bitmap[0x400 + (0x102 >> 3)] |= 1 << (0x102 & 7);  /* read of 0xc0000102 exits */
     msr_bitmap[0xc00 + (0x102 >> 3)] |= 1 << (0x102 & 7);  /* write of 0xc0000102 exits */
     u32 primary = 1u << 7 | 1u << 24;                      /* HLT exiting, unconditional I/O */
-    if (WORKLOAD == W_MSR) primary |= 1u << 28;             /* MSR bitmaps */
+    if (WORKLOAD == W_MSR || WORKLOAD == W_MIX) primary |= 1u << 28;  /* MSR bitmaps */
     vmx_setup_vmcs(primary, (u64)ept_pml4 | 3 << 3 | 6, (u64)msr_bitmap, l2_main, l2_stack + sizeof(l2_stack) - 8);
 
     u64 total = 0;
