@@ -92,3 +92,12 @@ def test_turtles_reproduction_rows() -> None:
     assert round(rows["L0 exits per nested CPUID, exit-less VMREAD/VMWRITE"].model) == 4
     assert abs(rows["nested CPUID, cycles"].error) < 0.05  # calibrated on this figure
     assert {c.kind for c in rows.values()} == {"calibration", "validation"}
+
+
+def test_bench_plot_and_reproduce_cli(tmp_path: Path) -> None:
+    png = tmp_path / "b.png"
+    result = CliRunner().invoke(main, ["bench", "--workload", "vmcall", "--iterations", "10", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    result = CliRunner().invoke(main, ["bench", "--reproduce", "neve", "--iterations", "10"])
+    assert result.exit_code == 0 and "NEVE Table 7" in result.output and "validation" in result.output

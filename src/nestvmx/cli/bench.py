@@ -16,6 +16,7 @@ from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.measure.bench import BenchRow, run_bench, shadow_share
 from nestvmx.measure.cost_model import CostModelError
+from nestvmx.measure.plot import plot_breakdown
 from nestvmx.measure.reproduce import EXPERIMENTS
 
 
@@ -47,6 +48,12 @@ from nestvmx.measure.reproduce import EXPERIMENTS
     "--reproduce", type=click.Choice(sorted(EXPERIMENTS)), help="Set up a published experiment; print model vs. paper."
 )
 @click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw cycles per L2 exit by component (PNG) here.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -59,6 +66,7 @@ def bench(
     footprint: str,
     costs: str | None,
     reproduce: str | None,
+    plot_path: Path | None,
     json_path: Path | None,
 ) -> None:
     """Run each workload native, single-level, nested, and nested with VMCS shadowing; print
@@ -87,6 +95,8 @@ def bench(
     out.print(_table(rows, cpu, iterations))
     if json_path:
         json_path.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
+    if plot_path:
+        plot_breakdown(rows, plot_path, f"cpu {cpu}, costs {rows[0].cost_model}, footprint {footprint}")
 
 
 def _print_reproduction(name: str, iterations: int) -> None:
