@@ -29,6 +29,11 @@ class FieldWidth(enum.IntEnum):
     def bytes(self) -> int:
         return {0: 2, 1: 8, 2: 4, 3: 8}[self.value]
 
+    @property
+    def mask(self) -> int:
+        """The bits a VMWRITE keeps (natural width is 64 bits on Intel 64 processors)."""
+        return (1 << (8 * self.bytes)) - 1
+
 
 class FieldType(enum.IntEnum):
     """Encoding bits 11:10."""
@@ -352,3 +357,8 @@ def access_name(field: VmcsField, access: Access) -> str:
 
 # Field encodings by name, e.g. Field.GUEST_RIP == 0x681E (FULL access).
 Field = enum.IntEnum("Field", [(f.name, f.encoding) for f in VMCS_FIELDS])
+
+# The guest access-rights fields.  Some Intel CPUs drop their reserved bits on VMWRITE, keeping only
+# AR_BYTES_WRITABLE; KVM emulates the same for vmcs12 (Linux nested.c, handle_vmwrite).
+ACCESS_RIGHTS_FIELDS = frozenset(f for f in Field if f.name.startswith("GUEST_") and f.name.endswith("_AR_BYTES"))
+AR_BYTES_WRITABLE = 0x1F0FF

@@ -40,6 +40,7 @@ from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.engine.native import counter_library
 from nestvmx.engine.uc_state import UnicornRegisters, descriptor_segment, load_into_unicorn, save_from_unicorn
 from nestvmx.engine.vmx_decode import decode_vmx
+from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
 from nestvmx.hw.processor import LogicalProcessor
 from nestvmx.hw.state import CpuState, Segment
@@ -380,13 +381,9 @@ class Engine:
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL]
         if not primary & P.USE_IO_BITMAPS:
             return bool(primary & P.UNCOND_IO_EXITING)
-        for p in range(port, port + size):
-            if p > 0xFFFF:
-                return True
-            bitmap = f[F.IO_BITMAP_A] if p < 0x8000 else f[F.IO_BITMAP_B]
-            if self.cpu.memory.read_bus(bitmap + ((p & 0x7FFF) >> 3), 1) >> (p & 7) & 1:
-                return True
-        return False
+        bits = io_bitmap_bits(port, size)
+        bitmaps = (f[F.IO_BITMAP_A], f[F.IO_BITMAP_B])
+        return bits is None or any(self.cpu.memory.read_bus(bitmaps[b] + o, 1) >> i & 1 for b, o, i in bits)
 
     # VMX instructions and #UD
     def _invalid_instruction(self, rip: int) -> VmExit | None:
@@ -420,17 +417,10 @@ class Engine:
 
     def _msr_exits(self, index: int, write: bool) -> bool:
         f = self.cpu.current.fields
-        if not f[F.CPU_BASED_VM_EXEC_CONTROL] & P.USE_MSR_BITMAPS:
+        position = msr_bitmap_bit(index, write)
+        if not f[F.CPU_BASED_VM_EXEC_CONTROL] & P.USE_MSR_BITMAPS or position is None:
             return True
-        if index <= 0x1FFF:
-            offset = 0
-        elif 0xC000_0000 <= index <= 0xC000_1FFF:
-            offset = 0x400
-        else:
-            return True
-        bit = index & 0x1FFF
-        byte = self.cpu.memory.read_bus(f[F.MSR_BITMAP] + offset + (0x800 if write else 0) + (bit >> 3), 1)
-        return bool(byte >> (bit & 7) & 1)
+        return bool(self.cpu.memory.read_bus(f[F.MSR_BITMAP] + position[0], 1) >> position[1] & 1)
 
     def _cr_access(self, ins, f: dict[int, int]) -> VmExit | None:
         s = self.cpu.state

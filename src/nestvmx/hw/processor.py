@@ -20,7 +20,7 @@ from collections.abc import Callable
 from nestvmx.arch.controls import INTR_INFO_VALID, ControlKind, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
-from nestvmx.arch.fields import Access, FieldType, FieldWidth, VmcsField
+from nestvmx.arch.fields import ACCESS_RIGHTS_FIELDS, AR_BYTES_WRITABLE, Access, FieldType, VmcsField
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import (
     EPT_CAP_INVEPT,
@@ -69,27 +69,6 @@ from nestvmx.hw.vmexit import VmExit, load_host_state, save_guest_state, write_e
 VM_SUCCEED = 0
 VM_FAIL_INVALID = -1
 
-# Some Intel CPUs drop the reserved bits of the access-rights fields on VMWRITE; KVM
-# emulates the same for vmcs12 (Linux nested.c, handle_vmwrite).  This model does it too.
-_AR_FIELDS = frozenset(
-    {
-        F.GUEST_ES_AR_BYTES,
-        F.GUEST_CS_AR_BYTES,
-        F.GUEST_SS_AR_BYTES,
-        F.GUEST_DS_AR_BYTES,
-        F.GUEST_FS_AR_BYTES,
-        F.GUEST_GS_AR_BYTES,
-        F.GUEST_LDTR_AR_BYTES,
-        F.GUEST_TR_AR_BYTES,
-    }
-)
-_AR_WRITABLE = 0x1F0FF
-_WIDTH_MASK = {
-    FieldWidth.W16: 0xFFFF,
-    FieldWidth.W32: 0xFFFF_FFFF,
-    FieldWidth.W64: 0xFFFF_FFFF_FFFF_FFFF,
-    FieldWidth.NATURAL: 0xFFFF_FFFF_FFFF_FFFF,
-}
 _INVEPT_TYPES = {1: EPT_CAP_INVEPT_SINGLE_CONTEXT, 2: EPT_CAP_INVEPT_ALL_CONTEXT}
 _INVVPID_TYPES = {
     0: VPID_CAP_INDIVIDUAL_ADDR,
@@ -311,9 +290,9 @@ class LogicalProcessor:
             value = (old & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
         else:
             # Outside 64-bit mode the source is 32 bits and the upper half of the field is cleared.
-            value &= _WIDTH_MASK[field.width] if op64 else _WIDTH_MASK[field.width] & 0xFFFF_FFFF
-            if field.encoding in _AR_FIELDS:
-                value &= _AR_WRITABLE
+            value &= field.width.mask if op64 else field.width.mask & 0xFFFF_FFFF
+            if field.encoding in ACCESS_RIGHTS_FIELDS:
+                value &= AR_BYTES_WRITABLE
         vmcs.fields[field.encoding] = value
         return self._set_status(VM_SUCCEED)
 

@@ -19,6 +19,7 @@ from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_C
 from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_mappings, ept_translate
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.hw import vmentry
+from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import Vector, X86Exception
 from nestvmx.hw.processor import VM_SUCCEED
 from nestvmx.hw.state import (
@@ -782,30 +783,19 @@ class NestedVmx:
         return True
 
     def _io_exit_wanted(self, qualification: int, primary: int) -> bool:
+        """nested_vmx_exit_handled_io: L1's I/O bitmaps, in L1's memory."""
         if not primary & PrimaryCtls.USE_IO_BITMAPS:
             return bool(primary & PrimaryCtls.UNCOND_IO_EXITING)
-        port, size = qualification >> 16, (qualification & 7) + 1
-        f = self.vmcs12.fields
-        for p in range(port, port + size):
-            if p > 0xFFFF:
-                return True
-            bitmap = f[F.IO_BITMAP_A] if p < 0x8000 else f[F.IO_BITMAP_B]
-            if self.l1_memory.read_bus(bitmap + ((p & 0x7FFF) >> 3), 1) >> (p & 7) & 1:
-                return True
-        return False
+        bits = io_bitmap_bits(qualification >> 16, (qualification & 7) + 1)
+        bitmaps = (self.vmcs12[F.IO_BITMAP_A], self.vmcs12[F.IO_BITMAP_B])
+        return bits is None or any(self.l1_memory.read_bus(bitmaps[b] + o, 1) >> i & 1 for b, o, i in bits)
 
     def _msr_exit_wanted(self, index: int, write: bool, primary: int) -> bool:
-        if not primary & PrimaryCtls.USE_MSR_BITMAPS:
+        """nested_vmx_exit_handled_msr: L1's MSR bitmap, in L1's memory."""
+        position = msr_bitmap_bit(index, write)
+        if not primary & PrimaryCtls.USE_MSR_BITMAPS or position is None:
             return True
-        if index <= 0x1FFF:
-            offset = 0
-        elif 0xC000_0000 <= index <= 0xC000_1FFF:
-            offset = 0x400
-        else:
-            return True
-        bit = index & 0x1FFF
-        byte = self.l1_memory.read_bus(self.vmcs12[F.MSR_BITMAP] + offset + (0x800 if write else 0) + (bit >> 3), 1)
-        return bool(byte >> (bit & 7) & 1)
+        return bool(self.l1_memory.read_bus(self.vmcs12[F.MSR_BITMAP] + position[0], 1) >> position[1] & 1)
 
     def _cr_exit_wanted(self, qualification: int, primary: int) -> bool:
         f = self.vmcs12.fields

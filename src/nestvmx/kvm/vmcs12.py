@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nestvmx.arch.fields import VMCS_FIELDS, Access, FieldWidth, VmcsField
-from nestvmx.arch.fields import Field as F
+from nestvmx.arch.fields import ACCESS_RIGHTS_FIELDS, AR_BYTES_WRITABLE, VMCS_FIELDS, Access, VmcsField
 
 VMCS12_REVISION = 0x11E57ED0  # KVM's VMCS12_REVISION
 VMCS12_SIZE = 0x1000
@@ -33,24 +32,6 @@ def _layout() -> dict[int, tuple[int, int]]:
 
 # FULL encoding -> (offset, size): the one table of the vmcs12 format (docs/vmcs12.md).
 VMCS12_OFFSETS: dict[int, tuple[int, int]] = _layout()
-_WIDTH_MASK = {
-    FieldWidth.W16: 0xFFFF,
-    FieldWidth.W32: 0xFFFF_FFFF,
-    FieldWidth.W64: 0xFFFF_FFFF_FFFF_FFFF,
-    FieldWidth.NATURAL: 0xFFFF_FFFF_FFFF_FFFF,
-}
-_AR_FIELDS = frozenset(
-    {
-        F.GUEST_ES_AR_BYTES,
-        F.GUEST_CS_AR_BYTES,
-        F.GUEST_SS_AR_BYTES,
-        F.GUEST_DS_AR_BYTES,
-        F.GUEST_FS_AR_BYTES,
-        F.GUEST_GS_AR_BYTES,
-        F.GUEST_LDTR_AR_BYTES,
-        F.GUEST_TR_AR_BYTES,
-    }
-)
 
 
 @dataclass
@@ -72,9 +53,9 @@ class Vmcs12:
         if access is Access.HIGH:
             value = (self.fields.get(f.encoding, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
         else:
-            value &= _WIDTH_MASK[f.width]
-            if f.encoding in _AR_FIELDS:
-                value &= 0x1F0FF  # as on hardware, reserved access-rights bits are dropped (KVM)
+            value &= f.width.mask
+            if f.encoding in ACCESS_RIGHTS_FIELDS:
+                value &= AR_BYTES_WRITABLE  # as on hardware, reserved access-rights bits are dropped (KVM)
         self.fields[f.encoding] = value
 
     def __getitem__(self, encoding: int) -> int:
