@@ -38,12 +38,13 @@ from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.engine.native import counter_library
-from nestvmx.engine.uc_state import UnicornRegisters, descriptor_segment, load_into_unicorn, save_from_unicorn
+from nestvmx.engine.uc_state import GPR_IDS, UnicornRegisters, descriptor_segment, load_into_unicorn, save_from_unicorn
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
+from nestvmx.hw.instruction import VmxInstruction, VmxOp
 from nestvmx.hw.processor import LogicalProcessor
-from nestvmx.hw.state import CpuState, Segment
+from nestvmx.hw.state import CpuState, Seg, Segment
 from nestvmx.hw.vmexit import VmExit
 
 _CODE_HOOK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
@@ -103,6 +104,7 @@ class GuestContext:
         self.scanned: set[int] = set()  # block starts already searched for special instructions
         self.scanned_code: dict[tuple[int, int], tuple[int, bytes]] = {}  # (CR3, block) -> (host address, bytes)
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
+        self.decoded: dict = {}  # (CR3, RIP) -> (host address, bytes, VmxInstruction) of VMX instructions
         self.instructions = ctypes.c_uint64(0)
         self._map_memory()
         self._add_hooks()
@@ -256,8 +258,57 @@ class Engine:
         raise EngineError(f"CPUID at {uc.reg_read(X.UC_X86_REG_RIP):#x} escaped interception")
 
     def _on_invalid(self, uc: Uc, _ud) -> bool:
-        self._halt("invalid", uc.reg_read(X.UC_X86_REG_RIP))
+        regs = self.ctx.regs
+        rip = regs.read(X.UC_X86_REG_RIP)
+        if not self._shadow_fast_path(regs, rip):
+            self._halt("invalid", rip)
         return True
+
+    def _shadow_fast_path(self, regs: UnicornRegisters, rip: int) -> bool:
+        """Serve a register-form VMREAD/VMWRITE from the shadow VMCS without stopping the guest: the
+        processor model does the access on the few registers it involves (the usual path saves and
+        reloads the whole state).  Anything else (memory operands, exits, faults) takes that path."""
+        instr = self._decoded_at(regs, rip)
+        s = self.cpu.state
+        if instr is None or instr.op not in (VmxOp.VMREAD, VmxOp.VMWRITE) or instr.mem is not None:
+            return False
+        if (
+            regs.read(X.UC_X86_REG_CS) != s.segs[Seg.CS].selector
+            or regs.read(X.UC_X86_REG_SS) != s.segs[Seg.SS].selector
+        ):
+            return False  # the mode or CPL may have changed since the state was saved
+        s.gpr[instr.reg] = regs.read(GPR_IDS[instr.reg])
+        s.gpr[instr.rm_reg] = regs.read(GPR_IDS[instr.rm_reg])
+        s.rflags, s.rip = regs.read(X.UC_X86_REG_RFLAGS), rip
+        if not self.cpu.served_by_shadow_vmcs(instr):
+            return False
+        try:
+            self.cpu.execute(instr, None)
+        except X86Exception:
+            return False
+        if instr.op is VmxOp.VMREAD:
+            regs.put(GPR_IDS[instr.rm_reg], s.gpr[instr.rm_reg])
+        regs.put(X.UC_X86_REG_RFLAGS, s.rflags)
+        regs.put(X.UC_X86_REG_RIP, s.rip)
+        return True
+
+    def _decoded_at(self, regs: UnicornRegisters, rip: int) -> VmxInstruction | None:
+        """The VMX instruction at RIP, from a cache checked against the bytes in host memory."""
+        ctx = self.ctx
+        key = (regs.read(X.UC_X86_REG_CR3), rip)
+        hit = ctx.decoded.get(key)
+        buffer = self.cpu.memory.buffer
+        if hit and buffer[hit[0] : hit[0] + len(hit[1])] == hit[1]:
+            return hit[2]
+        memory = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp, ctx.ept_cache)
+        try:
+            code = memory.fetch(rip, 15)
+            instr = decode_vmx(code, long_mode_64=True)
+            if instr is not None and (rip & 0xFFF) + instr.length <= 0x1000:
+                ctx.decoded[key] = (self._block_hpa(memory, rip), code[: instr.length], instr)
+        except (X86Exception, ept_mod.EptFault):
+            return None
+        return instr
 
     def _on_interrupt(self, uc: Uc, vector: int, _ud) -> None:
         # CR2 must be read here: after emu_start returns, Unicorn reports a wrong CR2.

@@ -109,6 +109,12 @@ class UnicornRegisters:
         self.known[reg if key is None else key] = value
         return value
 
+    def put(self, reg: int, value: int) -> None:
+        """Write an integer register while the guest runs (the cache may be stale, so always write)."""
+        self._buffer.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        _ucmod.uclib.uc_reg_write(self.uc._uch, reg, self._buffer_ref)
+        self.known[reg] = value
+
     def read_msr(self, index: int) -> int:
         value = self.uc.reg_read(X.UC_X86_REG_MSR, index)
         self.known[("msr", index)] = (index, value)

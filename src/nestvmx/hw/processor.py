@@ -505,6 +505,10 @@ class LogicalProcessor:
             self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & VPID_CAP_INVVPID
         )
 
+    def served_by_shadow_vmcs(self, instr: VmxInstruction) -> bool:
+        """Whether a VMREAD/VMWRITE in non-root operation runs without a VM exit (SDM §26.1.3)."""
+        return self.non_root and instr.op in (VmxOp.VMREAD, VmxOp.VMWRITE) and not self._vmread_vmwrite_exits(instr)
+
     def _vmread_vmwrite_exits(self, instr: VmxInstruction) -> bool:
         """SDM §26.1.3: exit unless shadowing is on, the encoding fits 15 bits and its bitmap bit is 0."""
         f = self.current.fields
