@@ -12,9 +12,11 @@ from pathlib import Path
 
 from nestvmx.hw.cpu_models import DEFAULT_CPU_MODEL, get_cpu_model
 from nestvmx.kvm.loader import ProgramError, parse_program, read_program
+from nestvmx.kvm.migration import MigrationError, get_vcpu_state, set_vcpu_state
 from nestvmx.kvm.platform import INITIAL_RSP, build_platform, initial_state
 from nestvmx.kvm.vmx import VmxVcpu
 from nestvmx.measure.cost_model import CostModel, default_cost_model
+from nestvmx.snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot
 
 MAX_MEMORY_MIB = 4096
 
@@ -46,6 +48,25 @@ class Host:
             raise ValueError("only one vCPU is supported so far")
         return VM(self, memory_mib << 20)
 
+    def restore(self, path: str | Path) -> VM:
+        """A VM continued from a snapshot (KVM_SET_NESTED_STATE & co.) on this host's processor;
+        SnapshotError if the file or the state in it is not valid (nothing is half-restored)."""
+        snapshot = read_snapshot(path)
+        size = snapshot.header["memory_size"]
+        if not isinstance(size, int) or size % (1 << 20) or not 1 <= size >> 20 <= MAX_MEMORY_MIB:
+            raise SnapshotError(f"{path}: bad memory size {size!r}")
+        if len(snapshot.header["vcpus"]) != 1:
+            raise SnapshotError(f"{path}: only one vCPU is supported so far")
+        vm = VM(self, size)
+        vm._create_vcpu()
+        vm.vcpu.memory.write(0, snapshot.memory)
+        vm.vcpu.setup(initial_state(0))  # vmcs01 for this processor; the state below replaces L1's part
+        try:
+            set_vcpu_state(vm.vcpu, snapshot.header["vcpus"][0], snapshot.vmcs12[0])
+        except MigrationError as err:
+            raise SnapshotError(f"{path}: {err}") from None
+        return vm
+
 
 class VM:
     def __init__(self, host: Host, memory_size: int) -> None:
@@ -68,6 +89,13 @@ class VM:
                 path = build_guest([path])
             data = read_program(path)
         loaded = parse_program(data, address, self.memory_size)
+        self._create_vcpu()
+        build_platform(self.vcpu.memory, self.memory_size)
+        for segment_address, blob in loaded.segments:
+            self.vcpu.memory.write(segment_address, blob)
+        self.vcpu.setup(initial_state(loaded.entry, INITIAL_RSP))
+
+    def _create_vcpu(self) -> None:
         self.vcpu = VmxVcpu(
             self.host.model,
             self.memory_size,
@@ -75,10 +103,23 @@ class VM:
             lambda line: self.trace_sink and self.trace_sink(line),
             self.host.shadow_vmcs,
         )
-        build_platform(self.vcpu.memory, self.memory_size)
-        for segment_address, blob in loaded.segments:
-            self.vcpu.memory.write(segment_address, blob)
-        self.vcpu.setup(initial_state(loaded.entry, INITIAL_RSP))
+
+    def save(self, path: str | Path) -> None:
+        """Write a snapshot of the VM as it stands (after `run` returned at a VM-exit boundary)."""
+        if self.vcpu is None:
+            raise ProgramError("nothing to save: load a program first")
+        state, vmcs12 = get_vcpu_state(self.vcpu)
+        header = {
+            "memory_size": self.memory_size,
+            "origin": {"cpu": self.host.model.name, "shadow_vmcs": self.vcpu.enable_shadow_vmcs},
+            "vcpus": [state],
+        }
+        write_snapshot(path, Snapshot(header, self.l1_memory(), [vmcs12]))
+
+    def l1_memory(self) -> bytes:
+        """A copy of the guest's physical memory."""
+        assert self.vcpu is not None
+        return self.vcpu.memory.read(0, self.memory_size)
 
     def _write_console(self, data: bytes) -> None:
         self._console += data

@@ -7,7 +7,7 @@ import click
 from nestvmx import __version__
 from nestvmx.cli.bench import bench
 from nestvmx.cli.fields import fields
-from nestvmx.cli.run import run
+from nestvmx.cli.run import resume, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,4 +23,5 @@ def main() -> None:
 
 main.add_command(bench)
 main.add_command(fields)
+main.add_command(resume)
 main.add_command(run)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from nestvmx.api import Host, RunResult
+from nestvmx.api import VM, Host, RunResult
 from nestvmx.engine.native import BuildError
 from nestvmx.guests.build import L2_WORKLOADS, build_minivisor
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
@@ -17,6 +18,7 @@ from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.kvm.loader import ProgramError
 from nestvmx.kvm.vmx import L0Bug
 from nestvmx.measure.cost_model import CostModelError
+from nestvmx.snapshot import SnapshotError
 
 STATUS_LIMIT = 124
 STATUS_CRASH = 125
@@ -31,14 +33,57 @@ def _address(text: str) -> int:
         raise click.BadParameter(f"{text!r} is not an address (e.g. 0x100000)") from None
 
 
-@click.command(epilog=f"""\b
+def _options(*options: Callable) -> Callable:
+    """Several click options as one decorator (shared by `run` and `resume`)."""
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+_host_options = _options(
+    click.option(
+        "--cpu",
+        type=click.Choice(sorted(CPU_MODELS)),
+        default=DEFAULT_CPU_MODEL,
+        show_default=True,
+        help="Processor model.",
+    ),
+    click.option(
+        "--shadow-vmcs/--no-shadow-vmcs",
+        default=None,
+        help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).",
+    ),
+    click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era)."),
+)
+_run_options = _options(
+    click.option("--max-exits", type=click.IntRange(1), help="Stop after this many L0 exits (outcome 'limit')."),
+    click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds."),
+    click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Write the statistics here."),
+    click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per VM exit here."),
+    click.option(
+        "--save",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write a snapshot here when the run stops after --save-after-exits (see `nestvmx resume`).",
+    ),
+    click.option("--save-after-exits", type=click.IntRange(1), help="Stop after this many L0 exits and --save."),
+)
+
+
+_STATUSES = f"""\b
 Exit status:
   0-123  the program's own status: the low 8 bits written to port 0xF4
   {STATUS_LIMIT}    a limit ended the run (--max-exits, --timeout)
   {STATUS_CRASH}    the guest crashed (exception without an IDT, triple fault, ...)
   {STATUS_CANNOT_RUN}    the program could not be built or loaded
   {STATUS_INTERNAL}    an internal error of nestvmx
-  2      bad usage""")
+  2      bad usage"""
+
+
+@click.command(epilog=_STATUSES)
 @click.argument("program", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--l1", type=click.Choice(["minivisor"]), help="Run a built-in L1 hypervisor instead of PROGRAM.")
 @click.option(
@@ -66,23 +111,8 @@ Exit status:
 @click.option(
     "--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True, help="Guest memory in MiB."
 )
-@click.option(
-    "--cpu",
-    type=click.Choice(sorted(CPU_MODELS)),
-    default=DEFAULT_CPU_MODEL,
-    show_default=True,
-    help="Processor model.",
-)
-@click.option(
-    "--shadow-vmcs/--no-shadow-vmcs",
-    default=None,
-    help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).",
-)
-@click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
-@click.option("--max-exits", type=click.IntRange(1), help="Stop after this many L0 exits (outcome 'limit').")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Stop after this many seconds.")
-@click.option("--stats-json", type=click.Path(dir_okay=False, path_type=Path), help="Write the statistics here.")
-@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), help="Write one line per VM exit here.")
+@_host_options
+@_run_options
 def run(
     program: Path | None,
     l1: str | None,
@@ -98,6 +128,8 @@ def run(
     timeout: float | None,
     stats_json: Path | None,
     trace: Path | None,
+    save: Path | None,
+    save_after_exits: int | None,
 ) -> None:
     """Run PROGRAM as the L1 guest of the L0 hypervisor.
 
@@ -114,16 +146,70 @@ def run(
     if (program is None) == (l1 is None):
         raise click.UsageError("give either PROGRAM or --l1 minivisor")
     address = _address(load_address)
-    trace_file = None
-    try:
+
+    def create() -> VM:
         vm = Host(cpu, shadow_vmcs, costs).create_vm(memory_mib=memory_mib)
         vm.load(build_minivisor(l2, iterations, footprint) if l1 else program, address)
+        return vm
+
+    _run_vm(create, max_exits, timeout, stats_json, trace, save, save_after_exits)
+
+
+@click.command(epilog=_STATUSES)
+@click.argument("snapshot", type=click.Path(dir_okay=False, path_type=Path))
+@_host_options
+@_run_options
+def resume(
+    snapshot: Path,
+    cpu: str,
+    shadow_vmcs: bool | None,
+    costs: str | None,
+    max_exits: int | None,
+    timeout: float | None,
+    stats_json: Path | None,
+    trace: Path | None,
+    save: Path | None,
+    save_after_exits: int | None,
+) -> None:
+    """Continue a VM saved by `nestvmx run --save` on any CPU model and shadowing setting.
+
+    The statistics count from the resume; the console shows what the guest writes from then on.
+    """
+    _run_vm(
+        lambda: Host(cpu, shadow_vmcs, costs).restore(snapshot),
+        max_exits,
+        timeout,
+        stats_json,
+        trace,
+        save,
+        save_after_exits,
+    )
+
+
+def _run_vm(
+    create: Callable[[], VM],
+    max_exits: int | None,
+    timeout: float | None,
+    stats_json: Path | None,
+    trace: Path | None,
+    save: Path | None,
+    save_after_exits: int | None,
+) -> None:
+    if (save is None) != (save_after_exits is None):
+        raise click.UsageError("--save and --save-after-exits go together")
+    if save_after_exits is not None and max_exits is not None:
+        raise click.UsageError("--save-after-exits already sets where the run stops: drop --max-exits")
+    trace_file = None
+    try:
+        vm = create()
         if trace:
             trace_file = trace.open("w")
             vm.trace_sink = lambda line: trace_file.write(line + "\n")
         vm.console_sink = _write_console
-        result = vm.run(max_exits=max_exits, timeout=timeout)
-    except (ProgramError, BuildError, CostModelError, ValueError) as err:
+        result = vm.run(max_exits=save_after_exits or max_exits, timeout=timeout)
+        if save and result.outcome == "limit":
+            vm.save(save)
+    except (ProgramError, BuildError, CostModelError, SnapshotError, ValueError) as err:
         _fail(STATUS_CANNOT_RUN, str(err))
     except OSError as err:
         _fail(STATUS_CANNOT_RUN, f"{err.filename or ''}: {err.strerror}".strip(": "))
@@ -134,6 +220,10 @@ def run(
             trace_file.close()
     if stats_json:
         _write_stats(stats_json, result)
+    if save and result.outcome == "limit":
+        exits = result.stats["l0_exits"]["total"]
+        click.echo(f"nestvmx: stopped after {exits} L0 exits; snapshot saved to {save}", err=True)
+        sys.exit(0)
     sys.exit(_status(result))
 
 

@@ -117,6 +117,7 @@ class NestedVmx:
         self.current_vmptr = INVALID_POINTER
         self.cached_vmcs12: Vmcs12 | None = None
         self.guest_mode = False
+        self.nested_run_pending = False  # L1 entered L2 and L2 has not run yet (KVM's flag)
         self.vmcs02 = vcpu.alloc_page()
         vcpu.memory.write_u(self.vmcs02, 4, vcpu.model.revision_id)
         self.ept01_cache: dict = {}  # EPT01 never changes: its translations can be kept
@@ -353,12 +354,15 @@ class NestedVmx:
             if not self._pointer_valid(pointer) or self.l1_memory.read_bus(pointer, 4) != VMCS12_REVISION:
                 self.fail_invalid()
                 return
-            self.vmxon, self.vmxon_ptr = True, pointer
-            if self.enable_shadow_vmcs:
-                self.alloc_shadow_vmcs()
+            self.enter_vmx_operation(pointer)
             self.succeed()
 
         return self._emulate(body)
+
+    def enter_vmx_operation(self, pointer: int) -> None:
+        self.vmxon, self.vmxon_ptr = True, pointer
+        if self.enable_shadow_vmcs:
+            self.alloc_shadow_vmcs()
 
     def handle_vmxoff(self) -> RunEnd | None:
         end = self._check_permission()
@@ -413,14 +417,16 @@ class NestedVmx:
                     self.fail(VmxError.VMPTRLD_INCORRECT_VMCS_REVISION_ID)
                     return
                 self.release_vmcs12()
-                self.cached_vmcs12 = Vmcs12.from_bytes(pointer, self._read_region(pointer))
-                self.current_vmptr = pointer
-                if self.shadow_vmcs is not None:
-                    self._set_shadowing(True)
-                    self.sync_shadow_vmcs = True
+                self.set_current_vmptr(Vmcs12.from_bytes(pointer, self._read_region(pointer)))
             self.succeed()
 
         return self._emulate(body)
+
+    def set_current_vmptr(self, vmcs12: Vmcs12) -> None:
+        self.cached_vmcs12, self.current_vmptr = vmcs12, vmcs12.address
+        if self.shadow_vmcs is not None:
+            self._set_shadowing(True)
+            self.sync_shadow_vmcs = True
 
     def handle_vmptrst(self) -> RunEnd | None:
         end = self._check_permission()
@@ -662,7 +668,7 @@ class NestedVmx:
                 known[field] = value
         if launch:
             vmcs12.launched = True
-        self.guest_mode = True
+        self.guest_mode = self.nested_run_pending = True
         v.stats.nested_vmentries += 1
 
     def _secondary12(self) -> int:
@@ -750,6 +756,7 @@ class NestedVmx:
 
     def handle_l2_exit(self, basic: int) -> RunEnd | None:
         """Decide who handles an exit of L2: L1 (reflect it) or L0."""
+        self.nested_run_pending = False
         if basic == ExitReason.EPT_VIOLATION:
             return self.handle_ept_violation_l2()
         if self.l1_wants_exit(basic):

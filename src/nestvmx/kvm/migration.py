@@ -1,0 +1,140 @@
+"""A vCPU's state at a VM-exit boundary, for migration (KVM_GET/SET_REGS, SREGS, MSRS,
+VCPU_EVENTS and NESTED_STATE).
+
+Nothing processor-specific is in it: L1's VMCS-held state is a list of named fields, L0's nested
+state is KVM's (VMXON pointer, current vmcs12 pointer, guest mode, nested_run_pending) plus the
+current vmcs12 in its software format. vmcs01, vmcs02 and the shadow VMCS are rebuilt on the
+restoring processor, whatever its VMCS layout or shadowing support.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nestvmx.arch.fields import FIELD_BY_NAME
+from nestvmx.arch.fields import Field as F
+from nestvmx.hw import vmentry
+from nestvmx.hw.vmcs import INVALID_POINTER
+from nestvmx.kvm.nested import GUEST_STATE_FIELDS
+from nestvmx.kvm.vmcs12 import REVISION_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
+from nestvmx.kvm.vmx import VmxVcpu
+
+# L1's VMCS-held state: the guest area of vmcs01 and the CR read shadows (CR0/CR4 as L1 wrote them).
+VMCS01_STATE_FIELDS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
+# KVM_GET_VCPU_EVENTS: an event L0 queued for the next VM entry of the running level.
+EVENT_FIELDS = (F.VM_ENTRY_INTR_INFO_FIELD, F.VM_ENTRY_EXCEPTION_ERROR_CODE, F.VM_ENTRY_INSTRUCTION_LEN)
+
+
+class MigrationError(Exception):
+    """A saved state that cannot be restored; the restoring VM is discarded."""
+
+
+def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
+    """The vCPU's state as JSON-able data, and the current vmcs12 (None without one)."""
+    nested = vcpu.nested
+    vmcs12_blob = None
+    if nested.current_vmptr != INVALID_POINTER:
+        # vmx_get_nested_state: make the cached vmcs12 whole first.
+        if nested.guest_mode:
+            if not nested.nested_run_pending:
+                nested.sync_vmcs02_to_vmcs12()  # L2's state now lives in vmcs02
+        elif nested.shadow_vmcs is not None and not nested.sync_shadow_vmcs:
+            nested.copy_shadow_to_vmcs12()  # L1's exit-less VMWRITEs (the lost-VMWRITE bug otherwise)
+        vmcs12_blob = nested.vmcs12.to_bytes()
+    events = {F(f).name: vcpu.vmread(f) for f in EVENT_FIELDS}  # of the current VMCS: vmcs02 in guest mode
+    if nested.guest_mode:
+        _switch(vcpu, vcpu.vmcs01)
+    vmcs01 = {F(f).name: vcpu.vmread(f) for f in VMCS01_STATE_FIELDS}
+    if nested.guest_mode:
+        _switch(vcpu, nested.vmcs02)
+    state = {
+        "regs": list(vcpu.regs),  # RSP is in the VMCS (its slot is unused)
+        "cr2": vcpu.cr2,
+        "msrs": {str(index): value for index, value in vcpu.guest_msrs.items()},
+        "vmcs01": vmcs01,
+        "events": events,
+        "nested": {
+            "vmxon": nested.vmxon,
+            "vmxon_ptr": nested.vmxon_ptr,
+            "current_vmptr": nested.current_vmptr,
+            "guest_mode": nested.guest_mode,
+            "nested_run_pending": nested.guest_mode and nested.nested_run_pending,
+        },
+    }
+    return state, vmcs12_blob
+
+
+def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | None) -> None:
+    """Load a saved state into a freshly set-up vCPU (vmcs01 current), checking it as
+    vmx_set_nested_state does. On MigrationError the vCPU is half-loaded and must be dropped."""
+    try:
+        regs, cr2, msrs = state["regs"], state["cr2"], state["msrs"]
+        vmcs01, events, nested_state = state["vmcs01"], state["events"], state["nested"]
+        vmxon, vmxon_ptr = bool(nested_state["vmxon"]), nested_state["vmxon_ptr"]
+        vmptr, guest_mode = nested_state["current_vmptr"], bool(nested_state["guest_mode"])
+        run_pending = bool(nested_state["nested_run_pending"])
+        loaded_regs = [_u64(r, "register") for r in regs]
+        loaded_msrs = {int(index): _u64(value, "MSR value") for index, value in msrs.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise MigrationError(f"malformed vCPU state ({type(err).__name__}: {err})") from None
+    if len(loaded_regs) != 16:
+        raise MigrationError(f"malformed vCPU state: {len(loaded_regs)} registers instead of 16")
+    _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
+    vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, _u64(cr2, "CR2"), loaded_msrs
+    nested = vcpu.nested
+    nested_ok = nested._pointer_valid
+    if vmxon:
+        if not isinstance(vmxon_ptr, int) or not nested_ok(vmxon_ptr):
+            raise MigrationError(f"nested state: bad VMXON pointer {vmxon_ptr!r}")
+        nested.enter_vmx_operation(vmxon_ptr)
+    if vmptr != INVALID_POINTER:
+        if not vmxon or not isinstance(vmptr, int) or not nested_ok(vmptr) or vmptr == vmxon_ptr:
+            raise MigrationError(f"nested state: bad current VMCS pointer {vmptr!r}")
+        if vmcs12_blob is None or len(vmcs12_blob) != VMCS12_SIZE:
+            raise MigrationError("nested state: the current vmcs12 is missing or not 4096 bytes")
+        if int.from_bytes(vmcs12_blob[REVISION_OFFSET : REVISION_OFFSET + 4], "little") != VMCS12_REVISION:
+            raise MigrationError("nested state: the vmcs12 has a wrong revision identifier")
+        nested.set_current_vmptr(Vmcs12.from_bytes(vmptr, vmcs12_blob))
+    elif vmcs12_blob is not None:
+        raise MigrationError("nested state: a vmcs12 without a current VMCS pointer")
+    if guest_mode:
+        _enter_guest_mode(vcpu)
+        nested.nested_run_pending = run_pending
+    _write_fields(vcpu, events, EVENT_FIELDS, "events")
+
+
+def _enter_guest_mode(vcpu: VmxVcpu) -> None:
+    """nested_vmx_enter_non_root_mode for a restore: the vmcs12 must pass the VM-entry checks."""
+    nested = vcpu.nested
+    if nested.cached_vmcs12 is None or not nested.vmcs12.launched:
+        raise MigrationError("nested state: guest mode without a launched current vmcs12")
+    f = nested.vmcs12.fields
+    failed = (
+        vmentry.check_controls(nested.model, f, nested.l1_memory)
+        or vmentry.check_host_state(nested.model, f, nested._l1_state())
+        or vmentry.check_guest_state(nested.model, f, nested.l1_memory, nested.current_vmptr)
+    )
+    if failed:
+        raise MigrationError(f"nested state: the vmcs12 fails the VM-entry checks ({failed})")
+    nested.prepare_vmcs02(launch=False)
+
+
+def _write_fields(vcpu: VmxVcpu, values: Any, fields: tuple[int, ...], what: str) -> None:
+    if not isinstance(values, dict) or set(values) != {F(f).name for f in fields}:
+        raise MigrationError(f"malformed vCPU state: {what} does not hold exactly the expected fields")
+    for name, value in values.items():
+        field = FIELD_BY_NAME[name]
+        if not isinstance(value, int) or not 0 <= value <= field.width.mask:
+            raise MigrationError(f"malformed vCPU state: {what} {name} = {value!r} does not fit the field")
+        vcpu.vmwrite(field.encoding, value)
+
+
+def _switch(vcpu: VmxVcpu, vmcs: int) -> None:
+    if vcpu.cpu.vmptrld(vmcs):
+        raise AssertionError(f"VMPTRLD of L0's VMCS {vmcs:#x} failed")
+
+
+def _u64(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        raise ValueError(f"{what} {value!r} is not a 64-bit value")
+    return value
