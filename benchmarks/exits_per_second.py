@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from nestvmx.guests.build import build_guest
 from nestvmx.api import Host
+from nestvmx.guests.build import build_guest
 
 SOURCE = """#include <nestvmx.h>
 int main(void) {

@@ -30,9 +30,14 @@ def measure_one(workload: str, config: str, iterations: int, cpu: str) -> dict:
     wall = time.perf_counter() - start
     assert result.outcome == "exit" and result.status == 0, result.message
     l2_exits = result.stats["nested"]["vmexits"] if nested else result.stats["l0_exits"]["total"]
-    return {"config": config, "iterations": iterations, "wall": wall, "l2_exits": l2_exits,
-            "l0_exits": result.stats["l0_exits"]["total"],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "config": config,
+        "iterations": iterations,
+        "wall": wall,
+        "l2_exits": l2_exits,
+        "l0_exits": result.stats["l0_exits"]["total"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -49,11 +54,17 @@ def main() -> None:
     print(f"{'config':14} {'iterations':>10} {'wall s':>8} {'L2 exits/s':>11} {'L0 exits/s':>11} {'peak RSS MiB':>13}")
     for config in CONFIGS:
         for size in map(int, args.sizes.split(",")):
-            out = subprocess.run([sys.executable, __file__, "--one", f"{config},{size}", "--workload", args.workload,
-                                  "--cpu", args.cpu], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", f"{config},{size}", "--workload", args.workload, "--cpu", args.cpu],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout)
-            print(f"{config:14} {size:>10} {r['wall']:>8.2f} {r['l2_exits'] / r['wall']:>11,.0f} "
-                  f"{r['l0_exits'] / r['wall']:>11,.0f} {r['peak_rss_mib']:>13.0f}")
+            print(
+                f"{config:14} {size:>10} {r['wall']:>8.2f} {r['l2_exits'] / r['wall']:>11,.0f} "
+                f"{r['l0_exits'] / r['wall']:>11,.0f} {r['peak_rss_mib']:>13.0f}"
+            )
 
 
 if __name__ == "__main__":
