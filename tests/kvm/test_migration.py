@@ -225,3 +225,10 @@ def test_run_save_and_resume_on_the_command_line(tmp_path: Path) -> None:
 def test_save_and_resume_usage_errors(args: list[str], status: int, message: str) -> None:
     result = _cli(*args)
     assert result.exit_code == status and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_invalid_l1_state_in_a_snapshot_ends_the_run_as_failed_entry(tmp_path: Path) -> None:
+    """Like KVM_EXIT_FAIL_ENTRY: state that passes the format checks but not the VM-entry checks."""
+    bad = _rewrite(_saved(tmp_path), lambda h, m: h["vcpus"][0]["vmcs01"].update(GUEST_CR0=0))
+    result = Host("sandybridge").restore(bad).run()
+    assert result.outcome == "crash" and result.message == "VM entry failed: guest CR0 fixed bits"

@@ -31,7 +31,7 @@ from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector
 from nestvmx.hw.memory import PhysicalMemory
 from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
 from nestvmx.hw.state import CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
-from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
 from nestvmx.kvm.cpuid import cpuid
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested import NestedVmx
@@ -252,6 +252,10 @@ class VmxVcpu:
             result = self.cpu.vmresume() if current in self.launched else self.cpu.vmlaunch()
             if result is not None:
                 if not self.nested.guest_mode:
+                    if isinstance(
+                        result, VmExit
+                    ):  # L1's guest state (e.g. a hand-edited snapshot): KVM_EXIT_FAIL_ENTRY
+                        return RunEnd("crash", 0, f"VM entry failed: {self.cpu.last_entry_check}")
                     raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
                 self.nested.vmcs02_entry_failed(result)  # a vmcs12 the processor refuses after all
                 continue
