@@ -82,7 +82,7 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
     _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
     vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, _u64(cr2, "CR2"), loaded_msrs
     nested = vcpu.nested
-    nested_ok = nested._pointer_valid
+    nested_ok = nested.page_address_valid
     if vmxon:
         if not isinstance(vmxon_ptr, int) or not nested_ok(vmxon_ptr):
             raise MigrationError(f"nested state: bad VMXON pointer {vmxon_ptr!r}")
@@ -111,7 +111,7 @@ def _enter_guest_mode(vcpu: VmxVcpu) -> None:
     f = nested.vmcs12.fields
     failed = (
         vmentry.check_controls(nested.model, f, nested.l1_memory)
-        or vmentry.check_host_state(nested.model, f, nested._l1_state())
+        or vmentry.check_host_state(nested.model, f, nested.l1_state())
         or vmentry.check_guest_state(nested.model, f, nested.l1_memory, nested.current_vmptr)
     )
     if failed:

@@ -217,7 +217,7 @@ class NestedVmx:
         assert self.cached_vmcs12 is not None
         return self.cached_vmcs12
 
-    def _l1_state(self) -> CpuState:
+    def l1_state(self) -> CpuState:
         """L1's paging and privilege state, read from vmcs01 (for operand accesses)."""
         v = self.vcpu
         s = CpuState()
@@ -259,11 +259,11 @@ class NestedVmx:
         return GuestMemory(self.vcpu.model, self.vcpu.memory, state, self.vcpu.eptp, self.ept01_cache)
 
     def _read_operand(self, size: int) -> int:
-        state = self._l1_state()
+        state = self.l1_state()
         return int.from_bytes(self._memory(state).read(self._operand_address(state), size), "little")
 
     def _write_operand(self, value: int, size: int) -> None:
-        state = self._l1_state()
+        state = self.l1_state()
         self._memory(state).write(self._operand_address(state), value.to_bytes(size, "little"))
 
     def _set_rflags(self, set_bits: int) -> None:
@@ -296,7 +296,7 @@ class NestedVmx:
             return self.vcpu.queue_exception(Vector.GP, 0)
         return None
 
-    def _pointer_valid(self, address: int) -> bool:
+    def page_address_valid(self, address: int) -> bool:
         return address & 0xFFF == 0 and address >> self.model.phys_addr_bits == 0
 
     def _exception(self, exc: X86Exception) -> RunEnd | None:
@@ -351,7 +351,7 @@ class NestedVmx:
 
         def body() -> None:
             pointer = self._read_operand(8)
-            if not self._pointer_valid(pointer) or self.l1_memory.read_bus(pointer, 4) != VMCS12_REVISION:
+            if not self.page_address_valid(pointer) or self.l1_memory.read_bus(pointer, 4) != VMCS12_REVISION:
                 self.fail_invalid()
                 return
             self.enter_vmx_operation(pointer)
@@ -385,7 +385,7 @@ class NestedVmx:
 
         def body() -> None:
             pointer = self._read_operand(8)
-            if not self._pointer_valid(pointer):
+            if not self.page_address_valid(pointer):
                 self.fail(VmxError.VMCLEAR_INVALID_ADDRESS)
                 return
             if pointer == self.vmxon_ptr:
@@ -405,7 +405,7 @@ class NestedVmx:
 
         def body() -> None:
             pointer = self._read_operand(8)
-            if not self._pointer_valid(pointer):
+            if not self.page_address_valid(pointer):
                 self.fail(VmxError.VMPTRLD_INVALID_ADDRESS)
                 return
             if pointer == self.vmxon_ptr:
@@ -519,7 +519,7 @@ class NestedVmx:
         cap = self.model.msrs[Msr.IA32_VMX_EPT_VPID_CAP]
 
         def body() -> None:
-            state = self._l1_state()
+            state = self.l1_state()
             raw = self._memory(state).read(self._operand_address(state), 16)
             low, address = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
             if (
@@ -567,7 +567,7 @@ class NestedVmx:
         if vmentry.check_controls(self.model, f, self.l1_memory):
             self.fail(VmxError.ENTRY_INVALID_CONTROL_FIELD)
             return None
-        l1 = self._l1_state()
+        l1 = self.l1_state()
         if vmentry.check_host_state(self.model, f, l1):
             self.fail(VmxError.ENTRY_INVALID_HOST_STATE_FIELD)
             return None
