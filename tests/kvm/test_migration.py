@@ -148,6 +148,7 @@ def _nested(header: dict) -> dict:
         (lambda h, m: h.update(memory_size=123), "memory image"),
         (lambda h, m: _nested(h).update(vmxon_ptr=0x123), "bad VMXON pointer"),
         (lambda h, m: _nested(h).update(current_vmptr=1 << 40), "bad current VMCS pointer"),
+        (lambda h, m: _nested(h).update(vmxon_ptr=h["memory_size"]), "bad VMXON pointer"),  # beyond L1's RAM
         (lambda h, m: m.pop("vcpu0-vmcs12.bin"), "vmcs12 is missing"),
         (lambda h, m: m.update({"vcpu0-vmcs12.bin": b"\0" * 4096}), "wrong revision"),
         (lambda h, m: h["vcpus"][0]["vmcs01"].pop("GUEST_RIP"), "expected fields"),

@@ -82,13 +82,16 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
     _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
     vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, _u64(cr2, "CR2"), loaded_msrs
     nested = vcpu.nested
-    nested_ok = nested.page_address_valid
+
+    def nested_ok(pointer: object) -> bool:  # a page of L1's memory
+        return isinstance(pointer, int) and nested.page_address_valid(pointer) and pointer < vcpu.guest_size
+
     if vmxon:
-        if not isinstance(vmxon_ptr, int) or not nested_ok(vmxon_ptr):
+        if not nested_ok(vmxon_ptr):
             raise MigrationError(f"nested state: bad VMXON pointer {vmxon_ptr!r}")
         nested.enter_vmx_operation(vmxon_ptr)
     if vmptr != INVALID_POINTER:
-        if not vmxon or not isinstance(vmptr, int) or not nested_ok(vmptr) or vmptr == vmxon_ptr:
+        if not vmxon or not nested_ok(vmptr) or vmptr == vmxon_ptr:
             raise MigrationError(f"nested state: bad current VMCS pointer {vmptr!r}")
         if vmcs12_blob is None or len(vmcs12_blob) != VMCS12_SIZE:
             raise MigrationError("nested state: the current vmcs12 is missing or not 4096 bytes")
