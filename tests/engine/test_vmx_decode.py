@@ -209,3 +209,19 @@ def test_32_bit_mode_uses_32_bit_addressing_and_16_bit_with_67() -> None:
     assert i.mem == MemOperand(Seg.DS, None, None, 0, 0x7856, 16, False) and i.length == 6
     i = decode_vmx(bytes.fromhex("410fc730"), long_mode_64=False)  # 0x41 is INC ECX outside 64-bit mode
     assert i is None
+
+
+@pytest.mark.parametrize(
+    "code, op, length",
+    [
+        # Found by benchmarks/fuzz_decoder.py against iced-x86: a REX prefix followed by another
+        # prefix is ignored (SDM Vol. 2 §2.2.1), and F2/F3 take precedence over 66 in any order.
+        (bytes.fromhex("40670f788001020304"), VmxOp.VMREAD, 9),
+        (bytes.fromhex("f249660f38814df2"), None, 0),
+        (bytes.fromhex("f3660fc73500000000"), VmxOp.VMXON, 9),
+        (bytes.fromhex("66f30fc73500000000"), VmxOp.VMXON, 9),
+    ],
+)
+def test_prefix_rules_found_by_fuzzing(code: bytes, op: VmxOp | None, length: int) -> None:
+    ins = decode_vmx(code)
+    assert (ins.op, ins.length) == (op, length) if op else ins is None

@@ -56,23 +56,31 @@ def decode_vmx(code: bytes, long_mode_64: bool = True) -> VmxInstruction | None:
 
 def _decode(r: _Reader, mode64: bool) -> VmxInstruction | None:
     segment: Seg | None = None
-    mandatory: int | None = None  # the last of 66/F2/F3, which selects the instruction
+    rep: int | None = None  # the last of F2/F3
+    operand_size = False  # 66
     address_override = False
+    rex = 0
     b = r.byte()
-    while b in _LEGACY_PREFIXES:
+    while b in _LEGACY_PREFIXES or (mode64 and 0x40 <= b <= 0x4F):
+        if b not in _LEGACY_PREFIXES:
+            rex = b
+            b = r.byte()
+            continue
+        rex = 0  # a REX prefix followed by another prefix is ignored (SDM Vol. 2 §2.2.1)
         if b == 0xF0:
             return None  # LOCK with a VMX instruction is #UD
         if b in _SEGMENT_PREFIXES:
             segment = _SEGMENT_PREFIXES[b]
         elif b == 0x67:
             address_override = True
+        elif b == 0x66:
+            operand_size = True
         else:
-            mandatory = b
+            rep = b
         b = r.byte()
-    rex = 0
-    if mode64 and 0x40 <= b <= 0x4F:
-        rex = b
-        b = r.byte()
+    # The mandatory prefix that selects the instruction: F2/F3 take precedence over 66 (as iced-x86
+    # and XED decode, whatever the order).
+    mandatory = rep if rep is not None else 0x66 if operand_size else None
     if b != 0x0F:
         return None
     b = r.byte()
