@@ -41,3 +41,14 @@ def test_eptp12_past_l1_ram_is_an_ept_misconfiguration() -> None:
     with pytest.raises(EptFault) as fault:
         ept_translate(nested.model, nested.l1_memory, (1 << 35) | 3 << 3 | 6, 0x1000)
     assert fault.value.misconfig  # the paging entries read as all ones: reserved bits set
+
+
+def test_huge_msr_load_count_fails_at_the_recommended_maximum() -> None:
+    """A count of 2^32 - 1 must not make L0 loop: the load fails at entry 513 (KVM's rule)."""
+    vm = Host().create_vm(memory_mib=16)
+    vm.load(build_guest([GUESTS / "shadow_counts.c"]))
+    area = 0x400000
+    entry = (0x174).to_bytes(4, "little") + bytes(4) + (0x10).to_bytes(8, "little")  # IA32_SYSENTER_CS
+    vm.vcpu.memory.write(area, entry * 600)
+    assert vm.vcpu.nested._load_msrs(area, 2**32 - 1) == 513
+    assert vm.vcpu.nested._load_msrs(area, 512) is None

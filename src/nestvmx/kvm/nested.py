@@ -584,7 +584,12 @@ class NestedVmx:
         return None
 
     def _load_msrs(self, address: int, count: int) -> int | None:
+        # The recommended maximum, 512 × (IA32_VMX_MISC[27:25] + 1) (SDM A.6); KVM fails the load
+        # at that index (nested_vmx_load_msr), which also bounds L0's work for a huge count.
+        max_entries = 512 * (((self.model.msrs[Msr.IA32_VMX_MISC] >> 25) & 7) + 1)
         for i in range(count):
+            if i >= max_entries:
+                return i + 1
             entry = address + 16 * i
             index, reserved = self.l1_memory.read_bus(entry, 4), self.l1_memory.read_bus(entry + 4, 4)
             value = self.l1_memory.read_bus(entry + 8, 8)
