@@ -148,6 +148,14 @@ def test_max_exits_ends_with_limit(tmp_path: Path) -> None:
     assert s["outcome"] == "limit" and s["l0_exits"]["total"] == 20
 
 
+def test_timeout_ends_a_runaway_guest_with_limit_and_statistics(tmp_path: Path) -> None:
+    stats = tmp_path / "s.json"
+    result = run_cli("--l1", "minivisor", "--iterations", "10000000", "--timeout", "0.5", "--stats-json", str(stats))
+    assert result.exit_code == STATUS_LIMIT and "stopped at the time limit" in result.output
+    s = json.loads(stats.read_text())
+    assert s["outcome"] == "limit" and s["l0_exits"]["total"] > 0
+
+
 def test_trace_has_one_kvm_exit_line_per_exit(tmp_path: Path) -> None:
     trace, stats = tmp_path / "t.txt", tmp_path / "s.json"
     assert run_cli(str(EXAMPLES / "hello.c"), "--trace", str(trace), "--stats-json", str(stats)).exit_code == 0
