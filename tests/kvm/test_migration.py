@@ -154,6 +154,7 @@ def _nested(header: dict) -> dict:
         (lambda h, m: h["vcpus"][0]["vmcs01"].pop("GUEST_RIP"), "expected fields"),
         (lambda h, m: h["vcpus"][0]["vmcs01"].update(GUEST_ES_SELECTOR=1 << 20), "does not fit"),
         (lambda h, m: h["vcpus"][0].update(regs=[0] * 3), "3 registers"),
+        (lambda h, m: h["vcpus"][0].update(cr2=-1), "CR2 -1 is not a 64-bit value"),
         (lambda h, m: h["vcpus"][0].pop("nested"), "malformed vCPU state"),
         (lambda h, m: _nested(h).update(vmxon=False), "bad current VMCS pointer"),
     ],

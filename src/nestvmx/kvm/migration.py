@@ -73,14 +73,14 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
         vmxon, vmxon_ptr = bool(nested_state["vmxon"]), nested_state["vmxon_ptr"]
         vmptr, guest_mode = nested_state["current_vmptr"], bool(nested_state["guest_mode"])
         run_pending = bool(nested_state["nested_run_pending"])
-        loaded_regs = [_u64(r, "register") for r in regs]
+        loaded_regs, loaded_cr2 = [_u64(r, "register") for r in regs], _u64(cr2, "CR2")
         loaded_msrs = {int(index): _u64(value, "MSR value") for index, value in msrs.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MigrationError(f"malformed vCPU state ({type(err).__name__}: {err})") from None
     if len(loaded_regs) != 16:
         raise MigrationError(f"malformed vCPU state: {len(loaded_regs)} registers instead of 16")
     _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
-    vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, _u64(cr2, "CR2"), loaded_msrs
+    vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, loaded_cr2, loaded_msrs
     nested = vcpu.nested
 
     def nested_ok(pointer: object) -> bool:  # a page of L1's memory
