@@ -57,6 +57,8 @@ def read_snapshot(path: str | Path) -> Snapshot:
             vcpus = header.get("vcpus")
             if not isinstance(vcpus, list) or not vcpus:
                 raise SnapshotError(f"{path}: the header lists no vCPU")
+            if archive.getinfo(MEMORY).file_size != header.get("memory_size"):  # checked before inflating
+                raise SnapshotError(f"{path}: the memory image size differs from the header's memory_size")
             memory = archive.read(MEMORY)
             vmcs12 = [
                 archive.read(_vmcs12_member(i)) if _vmcs12_member(i) in names else None for i in range(len(vcpus))
@@ -69,8 +71,6 @@ def read_snapshot(path: str | Path) -> Snapshot:
         raise SnapshotError(f"{path}: the snapshot header is not valid JSON ({err})") from None
     except OSError as err:
         raise SnapshotError(f"{path}: {err.strerror or err}") from None
-    if header.get("memory_size") != len(memory):
-        raise SnapshotError(
-            f"{path}: the memory image is {len(memory)} bytes, the header says {header.get('memory_size')!r}"
-        )
+    if header["memory_size"] != len(memory):
+        raise SnapshotError(f"{path}: the memory image size differs from the header's memory_size")
     return Snapshot(header, memory, vmcs12)

@@ -145,7 +145,7 @@ def _nested(header: dict) -> dict:
     [
         (lambda h, m: h.update(version=2), "version 2 is not supported"),
         (lambda h, m: h.update(format="other"), "not a nestvmx snapshot"),
-        (lambda h, m: h.update(memory_size=123), "memory image"),
+        (lambda h, m: h.update(memory_size=123), "memory image size differs"),
         (lambda h, m: _nested(h).update(vmxon_ptr=0x123), "bad VMXON pointer"),
         (lambda h, m: _nested(h).update(current_vmptr=1 << 40), "bad current VMCS pointer"),
         (lambda h, m: _nested(h).update(vmxon_ptr=h["memory_size"]), "bad VMXON pointer"),  # beyond L1's RAM
