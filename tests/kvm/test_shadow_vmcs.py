@@ -115,3 +115,12 @@ def test_random_vmx_sequences_are_unaware_of_shadowing(ops: list[tuple[int, int,
     assert on.outcome in ("exit", "crash", "limit")
     assert (on.outcome, on.status, on.console, on.message) == (off.outcome, off.status, off.console, off.message)
     assert mem_on == mem_off
+
+
+def test_emulated_vmwrite_of_a_shadowed_read_only_field_updates_the_shadow() -> None:
+    """Found by benchmarks/fuzz_campaign.py: VMWRITE of GUEST_PHYSICAL_ADDRESS_HIGH (read-only, so
+    it exits) must reach the shadow VMCS, from which L1's next VMREAD is served (KVM's handle_vmwrite)."""
+    ops = [(0, 5, 0), (2, 0, 0), (3, 0, 0), (6, 11, 0xFFFF_FFFF), (5, 11, 0)]
+    (on, mem_on), (off, mem_off) = run_script(ops, True), run_script(ops, False)
+    assert "4: op 5 flags 0x0000000000000000 value 0x00000000ffffffff" in off.console
+    assert (on.console, mem_on) == (off.console, mem_off)

@@ -134,6 +134,7 @@ class NestedVmx:
             if f in vcpu.model.fields and f in self.model.fields
         ]  # dropped where L1 or the CPU lacks them
         self.shadow_read_write = [f for f in usable if f in SHADOW_READ_WRITE_FIELDS]
+        self.shadow_read_only = frozenset(f for f in usable if f not in SHADOW_READ_WRITE_FIELDS)
         self.shadow_fields = usable
 
     def init_vmcs_shadow_fields(self) -> tuple[int, int]:
@@ -484,6 +485,13 @@ class NestedVmx:
                 self.fail(VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT)
                 return
             self.vmcs12.write(*found, value)
+            encoding = found[0].encoding
+            if self.shadow_vmcs is not None and encoding in self.shadow_read_only:
+                # L1 reads this field from the shadow VMCS without exiting: update it there too
+                # (KVM's handle_vmwrite, "is_shadow_field_ro").
+                self._switch_to(self.shadow_vmcs)
+                self.vcpu.vmwrite(encoding, self.vmcs12[encoding])
+                self._switch_to(self.vcpu.vmcs01)
             self.succeed()
 
         return self._emulate(body)
