@@ -43,10 +43,10 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
         vmcs12_blob = nested.vmcs12.to_bytes()
     events = {F(f).name: vcpu.vmread(f) for f in EVENT_FIELDS}  # of the current VMCS: vmcs02 in guest mode
     if nested.guest_mode:
-        _switch(vcpu, vcpu.vmcs01)
+        nested.load_vmcs(vcpu.vmcs01)
     vmcs01 = {F(f).name: vcpu.vmread(f) for f in VMCS01_STATE_FIELDS}
     if nested.guest_mode:
-        _switch(vcpu, nested.vmcs02)
+        nested.load_vmcs(nested.vmcs02)
     state = {
         "regs": list(vcpu.regs),  # RSP is in the VMCS (its slot is unused)
         "cr2": vcpu.cr2,
@@ -130,11 +130,6 @@ def _write_fields(vcpu: VmxVcpu, values: Any, fields: tuple[int, ...], what: str
         if not isinstance(value, int) or not 0 <= value <= field.width.mask:
             raise MigrationError(f"malformed vCPU state: {what} {name} = {value!r} does not fit the field")
         vcpu.vmwrite(field.encoding, value)
-
-
-def _switch(vcpu: VmxVcpu, vmcs: int) -> None:
-    if vcpu.cpu.vmptrld(vmcs):
-        raise AssertionError(f"VMPTRLD of L0's VMCS {vmcs:#x} failed")
 
 
 def _u64(value: Any, what: str) -> int:

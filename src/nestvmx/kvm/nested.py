@@ -181,27 +181,28 @@ class NestedVmx:
             v.vmwrite(F.SECONDARY_VM_EXEC_CONTROL, secondary & ~SecondaryCtls.SHADOW_VMCS)
             v.vmwrite(F.VMCS_LINK_POINTER, INVALID_POINTER)
 
-    def _switch_to(self, vmcs: int) -> None:
+    def load_vmcs(self, vmcs: int) -> None:
+        """Make one of L0's VMCSs current (KVM's vmcs_load)."""
         if self.vcpu.cpu.vmptrld(vmcs) != VM_SUCCEED:
             raise AssertionError(f"VMPTRLD of L0's VMCS {vmcs:#x} failed")
 
     def copy_shadow_to_vmcs12(self) -> None:
         """The read-write fields L1 may have changed without exits, back into vmcs12."""
         v, vmcs12 = self.vcpu, self.vmcs12
-        self._switch_to(self.shadow_vmcs)
+        self.load_vmcs(self.shadow_vmcs)
         for field in self.shadow_read_write:
             vmcs12.write(self.model.encodings[field][0], Access.FULL, v.vmread(field))  # the one write path
-        self._switch_to(v.vmcs01)
+        self.load_vmcs(v.vmcs01)
         v.stats.copies_from_shadow += 1
         v.stats.fields_copied += len(self.shadow_read_write)
 
     def copy_vmcs12_to_shadow(self) -> None:
         """Read-only and read-write fields of vmcs12 into the shadow VMCS, before L1 runs again."""
         v, vmcs12 = self.vcpu, self.vmcs12
-        self._switch_to(self.shadow_vmcs)
+        self.load_vmcs(self.shadow_vmcs)
         for field in self.shadow_fields:
             v.vmwrite(field, vmcs12[field])
-        self._switch_to(v.vmcs01)
+        self.load_vmcs(v.vmcs01)
         v.stats.copies_to_shadow += 1
         v.stats.fields_copied += len(self.shadow_fields)
 
@@ -379,18 +380,25 @@ class NestedVmx:
         self.free_shadow_vmcs()
         self.vmxon, self.vmxon_ptr = False, INVALID_POINTER
 
+    def _vmcs_pointer_operand(self, invalid: VmxError, vmxon_pointer: VmxError) -> int | None:
+        """The VMCLEAR/VMPTRLD operand, or None after the VMfail its checks call for."""
+        pointer = self._read_operand(8)
+        if not self.page_address_valid(pointer):
+            self.fail(invalid)
+            return None
+        if pointer == self.vmxon_ptr:
+            self.fail(vmxon_pointer)
+            return None
+        return pointer
+
     def handle_vmclear(self) -> RunEnd | None:
         end = self._check_permission()
         if end is not None:
             return end
 
         def body() -> None:
-            pointer = self._read_operand(8)
-            if not self.page_address_valid(pointer):
-                self.fail(VmxError.VMCLEAR_INVALID_ADDRESS)
-                return
-            if pointer == self.vmxon_ptr:
-                self.fail(VmxError.VMCLEAR_VMXON_POINTER)
+            pointer = self._vmcs_pointer_operand(VmxError.VMCLEAR_INVALID_ADDRESS, VmxError.VMCLEAR_VMXON_POINTER)
+            if pointer is None:
                 return
             if pointer == self.current_vmptr:
                 self.release_vmcs12()
@@ -405,12 +413,8 @@ class NestedVmx:
             return end
 
         def body() -> None:
-            pointer = self._read_operand(8)
-            if not self.page_address_valid(pointer):
-                self.fail(VmxError.VMPTRLD_INVALID_ADDRESS)
-                return
-            if pointer == self.vmxon_ptr:
-                self.fail(VmxError.VMPTRLD_VMXON_POINTER)
+            pointer = self._vmcs_pointer_operand(VmxError.VMPTRLD_INVALID_ADDRESS, VmxError.VMPTRLD_VMXON_POINTER)
+            if pointer is None:
                 return
             if self.current_vmptr != pointer:
                 # Memory beyond L1's RAM reads as all ones: not the vmcs12 revision (as KVM).
@@ -489,9 +493,9 @@ class NestedVmx:
             if self.shadow_vmcs is not None and encoding in self.shadow_read_only:
                 # L1 reads this field from the shadow VMCS without exiting: update it there too
                 # (KVM's handle_vmwrite, "is_shadow_field_ro").
-                self._switch_to(self.shadow_vmcs)
+                self.load_vmcs(self.shadow_vmcs)
                 self.vcpu.vmwrite(encoding, self.vmcs12[encoding])
-                self._switch_to(self.vcpu.vmcs01)
+                self.load_vmcs(self.vcpu.vmcs01)
             self.succeed()
 
         return self._emulate(body)
@@ -622,8 +626,7 @@ class NestedVmx:
         if self.ept02 is None or self.ept02_source != eptp12:
             self._build_ept02(eptp12)
         l1_efer, l1_pat = v.vmread(F.GUEST_IA32_EFER), v.vmread(F.GUEST_IA32_PAT)
-        if v.cpu.vmptrld(self.vmcs02) != VM_SUCCEED:
-            raise AssertionError("VMPTRLD of vmcs02 failed")
+        self.load_vmcs(self.vmcs02)
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
         primary |= (
             PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
@@ -734,8 +737,7 @@ class NestedVmx:
         if isinstance(result, VmExit):
             self.entry_failure(result.basic_reason, result.qualification)
             return
-        if v.cpu.vmptrld(v.vmcs01) != VM_SUCCEED:
-            raise AssertionError("VMPTRLD of vmcs01 failed")
+        self.load_vmcs(v.vmcs01)
         self.guest_mode = False
         self.vmcs12.launched = False
         self.vmcs12[F.VM_INSTRUCTION_ERROR] = result if result > 0 else VmxError.ENTRY_INVALID_CONTROL_FIELD
@@ -880,8 +882,8 @@ class NestedVmx:
     def load_vmcs12_host_state(self) -> None:
         """Switch back to vmcs01 and give L1 the host state of vmcs12 (SDM §28.5, KVM's function)."""
         v, f = self.vcpu, self.vmcs12.fields
-        if v.cpu.current_vmcs != v.vmcs01 and v.cpu.vmptrld(v.vmcs01) != VM_SUCCEED:
-            raise AssertionError("VMPTRLD of vmcs01 failed")
+        if v.cpu.current_vmcs != v.vmcs01:
+            self.load_vmcs(v.vmcs01)
         self.guest_mode = False
         exit_ctls = f[F.VM_EXIT_CONTROLS]
         host64 = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
