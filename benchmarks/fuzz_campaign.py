@@ -46,18 +46,18 @@ def run(program: Path, ops: list[tuple[int, int, int]], cpu: str, shadow: bool |
     vm = Host(cpu, shadow).create_vm(memory_mib=16)
     vm.load(program)
     blob = len(ops).to_bytes(8, "little") + b"".join(x.to_bytes(8, "little") for op in ops for x in op)
-    vm.vcpu.memory.write(SCRIPT_ADDRESS, blob)
+    vm.kvm.vcpus[0].memory.write(SCRIPT_ADDRESS, blob)
     console = ""  # what the program printed before a migration
     if save_at is not None:
         first = vm.run(max_exits=save_at)
         if first.outcome != "limit":  # ended before the save point: nothing to migrate
-            return first, vm.l1_memory(), vm.vcpu.stats.shadow_vmcs_live, ""
+            return first, vm.l1_memory(), vm.kvm.vcpus[0].stats.shadow_vmcs_live, ""
         console = first.console
         with tempfile.TemporaryDirectory() as tmp:
             vm.save(Path(tmp, "s"))
             vm = Host(*CONFIGS[(save_at % 2) + 1]).restore(Path(tmp, "s"))
     result = vm.run(max_exits=MAX_EXITS)
-    return result, vm.l1_memory(), vm.vcpu.stats.shadow_vmcs_live, console
+    return result, vm.l1_memory(), vm.kvm.vcpus[0].stats.shadow_vmcs_live, console
 
 
 def results_seen(console: str) -> set[tuple[str, ...]]:

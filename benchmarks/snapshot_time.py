@@ -37,7 +37,7 @@ def main() -> None:
         assert restored.run().status == 0
         print(
             f"{args.memory:>10} {saved - start:>8.3f} {done - saved:>10.3f} {size:>9} "
-            f"{str(vm.vcpu.nested.guest_mode):>10}"
+            f"{str(vm.kvm.vcpus[0].nested.guest_mode):>10}"
         )
 
 

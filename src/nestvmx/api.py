@@ -7,14 +7,22 @@ L0, loads the program into guest memory, provides the platform ports and collect
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from nestvmx.hw.cpu_models import DEFAULT_CPU_MODEL, get_cpu_model
 from nestvmx.kvm.loader import ProgramError, parse_program, read_program
-from nestvmx.kvm.migration import MigrationError, get_vcpu_state, set_vcpu_state
-from nestvmx.kvm.platform import INITIAL_RSP, build_platform, initial_state
-from nestvmx.kvm.vmx import VmxVcpu
+from nestvmx.kvm.migration import (
+    MigrationError,
+    get_schedule_state,
+    get_vcpu_state,
+    set_schedule_state,
+    set_vcpu_state,
+)
+from nestvmx.kvm.platform import build_platform, initial_rsp, initial_state
+from nestvmx.kvm.stats import RunStats
+from nestvmx.kvm.vm import MAX_VCPUS, Kvm, Schedule
 from nestvmx.measure.cost_model import CostModel, default_cost_model
 from nestvmx.snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot
 
@@ -41,41 +49,47 @@ class Host:
         self.shadow_vmcs = self.model.has_vmcs_shadowing if shadow_vmcs is None else shadow_vmcs
         self.cost_model = CostModel.load(costs or default_cost_model(cpu))
 
-    def create_vm(self, memory_mib: int = 64, vcpus: int = 1) -> VM:
+    def create_vm(self, memory_mib: int = 64, vcpus: int = 1, schedule: str = "rr") -> VM:
+        """A VM of `vcpus` vCPUs that L0 interleaves by `schedule` (kvm/vm.py's Schedule)."""
         if not 1 <= memory_mib <= MAX_MEMORY_MIB:
             raise ValueError(f"memory must be 1 to {MAX_MEMORY_MIB} MiB, not {memory_mib}")
-        if vcpus != 1:
-            raise ValueError("only one vCPU is supported so far")
-        return VM(self, memory_mib << 20)
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise ValueError(f"vcpus must be 1 to {MAX_VCPUS}, not {vcpus}")
+        return VM(self, memory_mib << 20, vcpus, Schedule.parse(schedule))
 
     def restore(self, path: str | Path) -> VM:
         """A VM continued from a snapshot (KVM_SET_NESTED_STATE & co.) on this host's processor;
         SnapshotError if the file or the state in it is not valid (nothing is half-restored)."""
         snapshot = read_snapshot(path)
-        size = snapshot.header["memory_size"]
+        header = snapshot.header
+        size, states = header["memory_size"], header["vcpus"]
         if not isinstance(size, int) or size % (1 << 20) or not 1 <= size >> 20 <= MAX_MEMORY_MIB:
             raise SnapshotError(f"{path}: bad memory size {size!r}")
-        if len(snapshot.header["vcpus"]) != 1:
-            raise SnapshotError(f"{path}: only one vCPU is supported so far")
-        vm = VM(self, size)
-        vm._create_vcpu()
-        vm.vcpu.memory.write(0, snapshot.memory)
-        vm.vcpu.setup(initial_state(0))  # vmcs01 for this processor; the state below replaces L1's part
+        if len(states) > MAX_VCPUS:
+            raise SnapshotError(f"{path}: {len(states)} vCPUs (at most {MAX_VCPUS})")
         try:
-            set_vcpu_state(vm.vcpu, snapshot.header["vcpus"][0], snapshot.vmcs12[0])
-        except MigrationError as err:
+            vm = VM(self, size, len(states), Schedule.parse(header.get("schedule", "rr")))
+            vm._create_kvm()
+            vm.kvm.memory.write(0, snapshot.memory)
+            for vcpu, state, vmcs12 in zip(vm.kvm.vcpus, states, snapshot.vmcs12, strict=True):
+                vcpu.setup(initial_state(0))  # vmcs01 for this processor; the state replaces L1's part
+                set_vcpu_state(vcpu, state, vmcs12)
+            set_schedule_state(vm.kvm, header.get("scheduler"))
+        except (MigrationError, ValueError) as err:
             raise SnapshotError(f"{path}: {err}") from None
         return vm
 
 
 class VM:
-    def __init__(self, host: Host, memory_size: int) -> None:
+    def __init__(self, host: Host, memory_size: int, vcpus: int, schedule: Schedule) -> None:
         self.host = host
         self.memory_size = memory_size
+        self.nr_vcpus = vcpus
+        self.schedule = schedule
         self._console = bytearray()
         self.console_sink = None  # called with each console byte string as it is written
         self.trace_sink = None  # called with one trace line per VM exit
-        self.vcpu: VmxVcpu | None = None
+        self.kvm: Kvm | None = None
 
     def load(self, program: str | Path | bytes, address: int | None = None) -> None:
         """Load an ELF64 executable, a flat binary (at `address`, default 1 MiB) or a guest source."""
@@ -89,37 +103,42 @@ class VM:
                 path = build_guest([path])
             data = read_program(path)
         loaded = parse_program(data, address, self.memory_size)
-        self._create_vcpu()
-        build_platform(self.vcpu.memory, self.memory_size)
+        self._create_kvm()
+        build_platform(self.kvm.memory, self.memory_size)
         for segment_address, blob in loaded.segments:
-            self.vcpu.memory.write(segment_address, blob)
-        self.vcpu.setup(initial_state(loaded.entry, INITIAL_RSP))
+            self.kvm.memory.write(segment_address, blob)
+        for vcpu in self.kvm.vcpus:
+            vcpu.setup(initial_state(loaded.entry, initial_rsp(vcpu.vcpu_id)))
 
-    def _create_vcpu(self) -> None:
-        self.vcpu = VmxVcpu(
+    def _create_kvm(self) -> None:
+        self.kvm = Kvm(
             self.host.model,
             self.memory_size,
+            self.nr_vcpus,
             self._write_console,
             lambda line: self.trace_sink and self.trace_sink(line),
             self.host.shadow_vmcs,
+            self.schedule,
         )
 
     def save(self, path: str | Path) -> None:
         """Write a snapshot of the VM as it stands (after `run` returned at a VM-exit boundary)."""
-        if self.vcpu is None:
+        if self.kvm is None:
             raise ProgramError("nothing to save: load a program first")
-        state, vmcs12 = get_vcpu_state(self.vcpu)
+        saved = [get_vcpu_state(vcpu) for vcpu in self.kvm.vcpus]
         header = {
             "memory_size": self.memory_size,
-            "origin": {"cpu": self.host.model.name, "shadow_vmcs": self.vcpu.enable_shadow_vmcs},
-            "vcpus": [state],
+            "origin": {"cpu": self.host.model.name, "shadow_vmcs": self.kvm.enable_shadow_vmcs},
+            "schedule": str(self.schedule),
+            "scheduler": get_schedule_state(self.kvm),
+            "vcpus": [state for state, _ in saved],
         }
-        write_snapshot(path, Snapshot(header, self.l1_memory(), [vmcs12]))
+        write_snapshot(path, Snapshot(header, self.l1_memory(), [vmcs12 for _, vmcs12 in saved]))
 
     def l1_memory(self) -> bytes:
         """A copy of the guest's physical memory."""
-        assert self.vcpu is not None
-        return self.vcpu.memory.read(0, self.memory_size)
+        assert self.kvm is not None
+        return self.kvm.memory.read(0, self.memory_size)
 
     def _write_console(self, data: bytes) -> None:
         self._console += data
@@ -127,17 +146,29 @@ class VM:
             self.console_sink(data)
 
     def run(self, max_exits: int | None = None, timeout: float | None = None) -> RunResult:
-        if self.vcpu is None:
+        if self.kvm is None:
             raise ProgramError("nothing to run: load a program first")
         start = time.monotonic()
-        end = self.vcpu.run(max_exits, start + timeout if timeout else None)
+        end = self.kvm.run(max_exits, start + timeout if timeout else None)
         wall = time.monotonic() - start
-        vcpu = self.vcpu
-        events = vcpu.cpu.events
-        vcpu.stats.shadow_vmread, vcpu.stats.shadow_vmwrite = events["shadow_vmread"], events["shadow_vmwrite"]
-        counts = vcpu.engine.instruction_counts()
-        l1 = counts.pop(vcpu.eptp, 0)
-        stats = vcpu.stats.as_dict(end.outcome, end.status, l1, sum(counts.values()), wall, events)
-        stats["modeled_cycles"] = self.host.cost_model.cycles(stats)
-        stats["cost_model"] = self.host.cost_model.name
+        cost_model = self.host.cost_model
+        per_vcpu, all_events = [], Counter()
+        instructions = [0, 0]
+        for vcpu in self.kvm.vcpus:
+            events = vcpu.cpu.events
+            vcpu.stats.shadow_vmread, vcpu.stats.shadow_vmwrite = events["shadow_vmread"], events["shadow_vmwrite"]
+            counts = vcpu.engine.instruction_counts()
+            l1 = counts.pop(vcpu.eptp, 0)
+            l2 = sum(counts.values())
+            counters = vcpu.stats.as_dict(l1, l2, events)
+            per_vcpu.append({"vcpu": vcpu.vcpu_id, **counters, "modeled_cycles": cost_model.cycles(counters)})
+            all_events += events
+            instructions[0] += l1
+            instructions[1] += l2
+        total = RunStats.merged([vcpu.stats for vcpu in self.kvm.vcpus]).as_dict(*instructions, all_events)
+        stats = {"outcome": end.outcome, "status": end.status, **total}
+        stats["modeled_cycles"] = cost_model.cycles(total)  # processor time, summed over the vCPUs
+        stats["cost_model"] = cost_model.name
+        stats["wall_seconds"] = round(wall, 6)
+        stats["vcpus"] = per_vcpu
         return RunResult(end.outcome, end.status, self._console.decode("latin-1"), end.message, stats)

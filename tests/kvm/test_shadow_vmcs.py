@@ -20,7 +20,7 @@ def run(elf: Path, shadow: bool, cpu: str = "haswell"):
     vm = Host(cpu, shadow_vmcs=shadow).create_vm()
     vm.load(elf)
     result = vm.run(max_exits=200_000)
-    return result, bytes(vm.vcpu.memory.buffer[: vm.memory_size])
+    return result, bytes(vm.kvm.vcpus[0].memory.buffer[: vm.memory_size])
 
 
 def assert_invisible(elf: Path) -> tuple[dict, dict]:
@@ -103,9 +103,9 @@ def run_script(ops: list[tuple[int, int, int]], shadow: bool):
     vm = Host("haswell", shadow_vmcs=shadow).create_vm()
     vm.load(build_guest([GUESTS / "vmx_script.c"]))
     blob = len(ops).to_bytes(8, "little") + b"".join(x.to_bytes(8, "little") for op in ops for x in op)
-    vm.vcpu.memory.write(_SCRIPT_ADDRESS, blob)
+    vm.kvm.vcpus[0].memory.write(_SCRIPT_ADDRESS, blob)
     result = vm.run(max_exits=20_000)
-    return result, bytes(vm.vcpu.memory.buffer[: vm.memory_size])
+    return result, bytes(vm.kvm.vcpus[0].memory.buffer[: vm.memory_size])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,6 +14,9 @@ Exit conditions and how they are caught (Unicorn 2.1.4; see shared/reference/eco
 - exceptions: the interrupt hook; each goes through the exception bitmap and otherwise through
   the guest's IDT (delivery.py);
 - HLT: emu_start returns after it;
+- the host's timer (`run(timer=N)`, used by L0's scheduler): the instruction counter stops the
+  guest at the end of the block in which it executed N instructions, and the processor takes
+  the interrupt as an external-interrupt VM exit.
 - EPT violations: guest-physical memory is mapped from host memory per EPT; an access Unicorn
   finds unmapped or forbidden is an EPT violation.
 """
@@ -30,6 +33,8 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as _ucmod
 
 from nestvmx.arch.controls import INTR_INFO_DELIVER_ERROR_CODE, INTR_INFO_VALID, InterruptionType
+from nestvmx.arch.controls import ExitCtls as Exit
+from nestvmx.arch.controls import PinBased as Pin
 from nestvmx.arch.controls import PrimaryCtls as P
 from nestvmx.arch.controls import SecondaryCtls as S
 from nestvmx.arch.exit_reasons import ExitReason
@@ -37,7 +42,7 @@ from nestvmx.arch.fields import Field as F
 from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver
 from nestvmx.engine.guest_memory import GuestMemory
-from nestvmx.engine.native import counter_library
+from nestvmx.engine.native import InstructionCounter, counter_library
 from nestvmx.engine.uc_state import GPR_IDS, UnicornRegisters, descriptor_segment, load_into_unicorn, save_from_unicorn
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
@@ -105,7 +110,7 @@ class GuestContext:
         self.scanned_code: dict[tuple[int, int], tuple[int, bytes]] = {}  # (CR3, block) -> (host address, bytes)
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.decoded: dict = {}  # (CR3, RIP) -> (host address, bytes, VmxInstruction) of VMX instructions
-        self.instructions = ctypes.c_uint64(0)
+        self.counter = InstructionCounter(stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
         self._map_memory()
         self._add_hooks()
 
@@ -134,7 +139,7 @@ class GuestContext:
             ctypes.byref(handle),
             UC.UC_HOOK_CODE,
             fn,
-            ctypes.cast(ctypes.pointer(self.instructions), ctypes.c_void_p),
+            ctypes.cast(ctypes.pointer(self.counter), ctypes.c_void_p),
             ctypes.c_uint64(1),
             ctypes.c_uint64(0),
         )
@@ -160,11 +165,25 @@ class GuestContext:
             self.uc.hook_add(UC.UC_HOOK_CODE, self.engine._on_special, None, address, address)
 
 
+class SharedCode:
+    """Guest memory that the engines of several processors execute.  Unicorn does not see writes
+    made through another instance, so an instance that did not run last drops its translations."""
+
+    def __init__(self) -> None:
+        self.last: GuestContext | None = None
+
+
+# The host's local APIC timer vector (Linux's LOCAL_TIMER_VECTOR).
+HOST_TIMER_VECTOR = 0xEC
+
+
 class Engine:
     """Executes the guest of the processor's current VMCS."""
 
-    def __init__(self, cpu: LogicalProcessor) -> None:
+    def __init__(self, cpu: LogicalProcessor, shared: SharedCode | None = None) -> None:
         self.cpu = cpu
+        self.shared = shared or SharedCode()
+        self.executed = 0  # guest instructions of all runs
         self.host_ptr = ctypes.addressof(ctypes.c_char.from_buffer(cpu.memory.buffer))
         self.contexts: dict[int | None, GuestContext] = {}
         self.retired_instructions: dict[int | None, int] = {}
@@ -180,7 +199,7 @@ class Engine:
         """Guest instructions executed, by EPT pointer (i.e. by guest), including dropped contexts."""
         counts = dict(self.retired_instructions)
         for eptp, ctx in self.contexts.items():
-            counts[eptp] = counts.get(eptp, 0) + ctx.instructions.value
+            counts[eptp] = counts.get(eptp, 0) + ctx.counter.count
         return counts
 
     def guest_memory(self) -> GuestMemory:
@@ -188,24 +207,36 @@ class Engine:
         ctx = self.contexts.get(eptp)
         return GuestMemory(self.cpu.model, self.cpu.memory, self.cpu.state, eptp, ctx.ept_cache if ctx else None)
 
-    def run(self) -> VmExit:
-        """Run guest code from the current state until a VM exit; return it."""
-        cpu = self.cpu
-        if not cpu.non_root:
+    def run(self, timer: int | None = None) -> VmExit:
+        """Run guest code from the current state until a VM exit; return it.  With `timer`, the
+        host's timer interrupt arrives once the guest has executed that many instructions."""
+        ctx = self._context(self._eptp()) if self.cpu.non_root else None
+        if ctx is None:
             raise EngineError("run() needs a guest: VMLAUNCH/VMRESUME first")
-        ctx = self._context(self._eptp())
-        if self.ctx is not None and self.ctx is not ctx:
+        if self.shared.last is not None and self.shared.last is not ctx:
             # Another guest (another Unicorn instance) ran since: it may have written code this one
             # has translated, and Unicorn does not invalidate across instances.
             ctx.uc.ctl_flush_tb()
             ctx.scanned.clear()
-        self.ctx = ctx
+        self.ctx = self.shared.last = ctx
+        start = ctx.counter.count
+        ctx.counter.limit = start + timer if timer else 0
+        try:
+            return self._run(ctx)
+        finally:
+            ctx.counter.limit = 0
+            self.executed += ctx.counter.count - start
+
+    def _run(self, ctx: GuestContext) -> VmExit:
+        cpu = self.cpu
         if cpu.pending_injection:
             exit = self._inject(cpu.pending_injection)
             cpu.pending_injection = None
             if exit:
                 return exit
         while True:
+            if ctx.counter.limit and ctx.counter.count >= ctx.counter.limit:
+                return self._host_interrupt(cpu.current.fields)  # came due during the last stop
             load_into_unicorn(ctx.regs, cpu.state)
             _reset_exception_state(ctx.uc)
             self.stop = None
@@ -245,7 +276,7 @@ class Engine:
             return  # VPID-tagged linear translations are not cached across exits by this model
         for eptp in [k for k in self.contexts if k is not None and (context is None or k & ~0xFFF == context & ~0xFFF)]:
             dropped = self.contexts.pop(eptp)
-            self.retired_instructions[eptp] = self.retired_instructions.get(eptp, 0) + dropped.instructions.value
+            self.retired_instructions[eptp] = self.retired_instructions.get(eptp, 0) + dropped.counter.count
 
     # ------------------------------------------------------------ hooks
 
@@ -390,16 +421,27 @@ class Engine:
         return self._memory_fault(stop)
 
     def _after_plain_return(self) -> VmExit | None:
-        """emu_start returned by itself: the guest executed HLT."""
+        """emu_start returned by itself: the guest executed HLT, or the host's timer stopped it."""
         self._save_state()
-        s = self.cpu.state
+        s, counter = self.cpu.state, self.ctx.counter
         f = self.cpu.current.fields
-        if self.guest_memory().fetch(s.rip - 1, 1) != b"\xf4":
-            raise EngineError(f"guest stopped at RIP {s.rip:#x} for no known reason")
-        s.rip -= 1
-        if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.HLT_EXITING:
-            return self._exit(ExitReason.HLT, length=1)
-        raise EngineError(f"guest halted at RIP {s.rip:#x} with HLT exiting off: nothing can wake it")
+        if counter.last + 1 == s.rip and self.guest_memory().fetch(counter.last, 1) == b"\xf4":
+            s.rip -= 1
+            if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.HLT_EXITING:
+                return self._exit(ExitReason.HLT, length=1)
+            raise EngineError(f"guest halted at RIP {s.rip:#x} with HLT exiting off: nothing can wake it")
+        if counter.limit and counter.count >= counter.limit:
+            return self._host_interrupt(f)
+        raise EngineError(f"guest stopped at RIP {s.rip:#x} for no known reason")
+
+    def _host_interrupt(self, f: dict[int, int]) -> VmExit:
+        """The host's timer interrupt: an external-interrupt VM exit (SDM §27.2, §28.2.2)."""
+        if not f[F.PIN_BASED_VM_EXEC_CONTROL] & Pin.EXT_INTR_EXITING:
+            raise EngineError("the host's timer fired in a guest without external-interrupt exiting")
+        info = 0
+        if f[F.VM_EXIT_CONTROLS] & Exit.ACK_INTR_ON_EXIT:  # the interrupt is acknowledged: its vector is valid
+            info = HOST_TIMER_VECTOR | InterruptionType.EXTERNAL_INTERRUPT << 8 | INTR_INFO_VALID
+        return self._exit(ExitReason.EXTERNAL_INTERRUPT, intr_info=info)
 
     def _exit(self, reason: int, length: int = 0, **info) -> VmExit:
         return self.cpu.vm_exit(VmExit(reason=reason, instruction_length=length, **info))

@@ -11,21 +11,30 @@ _VENDOR = (0x756E6547, 0x6C65746E, 0x49656E69)  # "Genu" (EBX), "ntel" (ECX), "i
 _LEAF1_ECX = (1 << 0) | (1 << 5) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23)  # SSE3 VMX SSSE3 CX16 ...
 _LEAF1_EDX = 0x0789FBFF & ~(1 << 9)  # FPU..SSE2 without the on-chip APIC, which this platform does not have
 _EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 29)  # SYSCALL, NX, LM
+_LEAF1_HTT = 1 << 28
 CPUID_FEATURE_VMX = 1 << 5
 
 
-def cpuid(model: CpuModel, leaf: int, subleaf: int, apic_id: int = 0) -> tuple[int, int, int, int]:
-    """(EAX, EBX, ECX, EDX) for CPUID with EAX = leaf, ECX = subleaf."""
+def cpuid(model: CpuModel, leaf: int, subleaf: int, apic_id: int = 0, vcpus: int = 1) -> tuple[int, int, int, int]:
+    """(EAX, EBX, ECX, EDX) for CPUID with EAX = leaf, ECX = subleaf, on the vCPU whose APIC ID is
+    `apic_id` of a VM with `vcpus` vCPUs: one package of single-thread cores, as QEMU's -smp N."""
     if leaf == 0:
         return 0xD, _VENDOR[0], _VENDOR[1], _VENDOR[2]
     if leaf == 1:
-        return _SIGNATURE.get(model.name, 0x000306C3), apic_id << 24 | 1 << 16 | 8 << 8, _LEAF1_ECX, _LEAF1_EDX
+        # EBX[23:16]: addressable logical processor IDs in the package (valid with EDX.HTT).
+        edx = _LEAF1_EDX | (_LEAF1_HTT if vcpus > 1 else 0)
+        return _SIGNATURE.get(model.name, 0x000306C3), apic_id << 24 | vcpus << 16 | 8 << 8, _LEAF1_ECX, edx
     if leaf == 0x8000_0000:
         return 0x8000_0008, 0, 0, 0
     if leaf == 0x8000_0001:
         return 0, 0, 1, _EXT1_EDX
     if leaf == 0x8000_0008:
         return 48 << 8 | model.phys_addr_bits, 0, 0, 0
-    if leaf == 0xB:
-        return 0, 1 if subleaf == 0 else 0, subleaf & 0xFF | (1 << 8 if subleaf == 0 else 0), apic_id
+    if leaf == 0xB:  # extended topology (SDM Vol. 2A CPUID 0BH): SMT level, core level, then invalid
+        subleaf &= 0xFF
+        if subleaf == 0:
+            return 0, 1, 1 << 8, apic_id
+        if subleaf == 1:
+            return (vcpus - 1).bit_length(), vcpus, 1 | 2 << 8, apic_id
+        return 0, 0, subleaf, apic_id
     return 0, 0, 0, 0

@@ -16,6 +16,7 @@ from nestvmx.arch.fields import Field as F
 from nestvmx.hw import vmentry
 from nestvmx.hw.vmcs import INVALID_POINTER
 from nestvmx.kvm.nested import GUEST_STATE_FIELDS
+from nestvmx.kvm.vm import Kvm
 from nestvmx.kvm.vmcs12 import REVISION_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
 from nestvmx.kvm.vmx import VmxVcpu
 
@@ -48,6 +49,7 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
     if nested.guest_mode:
         nested.load_vmcs(nested.vmcs02)
     state = {
+        "mp_state": "halted" if vcpu.halted else "runnable",  # KVM_GET_MP_STATE
         "regs": list(vcpu.regs),  # RSP is in the VMCS (its slot is unused)
         "cr2": vcpu.cr2,
         "msrs": {str(index): value for index, value in vcpu.guest_msrs.items()},
@@ -73,12 +75,16 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
         vmxon, vmxon_ptr = bool(nested_state["vmxon"]), nested_state["vmxon_ptr"]
         vmptr, guest_mode = nested_state["current_vmptr"], bool(nested_state["guest_mode"])
         run_pending = bool(nested_state["nested_run_pending"])
+        mp_state = state.get("mp_state", "runnable")
         loaded_regs, loaded_cr2 = [_u64(r, "register") for r in regs], _u64(cr2, "CR2")
         loaded_msrs = {int(index): _u64(value, "MSR value") for index, value in msrs.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MigrationError(f"malformed vCPU state ({type(err).__name__}: {err})") from None
     if len(loaded_regs) != 16:
         raise MigrationError(f"malformed vCPU state: {len(loaded_regs)} registers instead of 16")
+    if mp_state not in ("runnable", "halted"):
+        raise MigrationError(f"malformed vCPU state: mp_state {mp_state!r}")
+    vcpu.halted = mp_state == "halted"
     _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
     vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, loaded_cr2, loaded_msrs
     nested = vcpu.nested
@@ -136,3 +142,22 @@ def _u64(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
         raise ValueError(f"{what} {value!r} is not a 64-bit value")
     return value
+
+
+def get_schedule_state(kvm: Kvm) -> dict[str, int]:
+    """Where the scheduler stands: whose turn it is and how much of it was used."""
+    return {"current": kvm.current, "turn_instructions": kvm.turn_instructions, "turn_exits": kvm.turn_exits}
+
+
+def set_schedule_state(kvm: Kvm, state: Any) -> None:
+    """Continue the saved turn (a snapshot without one starts with vCPU 0's turn)."""
+    if state is None:
+        return
+    if not isinstance(state, dict) or set(state) != {"current", "turn_instructions", "turn_exits"}:
+        raise MigrationError("malformed scheduler state")
+    current, used, exits = state["current"], state["turn_instructions"], state["turn_exits"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (current, used, exits)):
+        raise MigrationError("malformed scheduler state")
+    if current >= len(kvm.vcpus) or kvm.vcpus[current].halted:
+        raise MigrationError(f"scheduler state: vCPU {current} cannot be running")
+    kvm.current, kvm.turn_instructions, kvm.turn_exits = current, used, exits

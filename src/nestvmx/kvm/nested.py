@@ -774,6 +774,8 @@ class NestedVmx:
         self.nested_run_pending = False
         if basic == ExitReason.EPT_VIOLATION:
             return self.handle_ept_violation_l2()
+        if basic == ExitReason.EXTERNAL_INTERRUPT:  # the host's interrupt (nested_vmx_l0_wants_exit)
+            return self.vcpu.handle_as_l0(basic)
         if self.l1_wants_exit(basic):
             return self.nested_vmx_vmexit(basic)
         return self.vcpu.handle_as_l0(basic)
@@ -853,9 +855,9 @@ class NestedVmx:
         self.load_vmcs12_host_state()
         v.stats.nested_vmexits += 1
         self.sync_shadow_vmcs = self.shadow_vmcs is not None
-        if v.trace:
-            v.trace(
-                f"kvm_nested_vmexit: vcpu 0 reason {ExitReason(reason & 0xFFFF).name} "
+        if v.kvm.trace:
+            v.kvm.trace(
+                f"kvm_nested_vmexit: vcpu {v.vcpu_id} reason {ExitReason(reason & 0xFFFF).name} "
                 f"rip {vmcs12[F.GUEST_RIP]:#x} info1 {vmcs12[F.EXIT_QUALIFICATION]:#x}"
             )
         return None

@@ -1,5 +1,6 @@
 """The L1 platform of the design's contract: identity-mapped long mode, a GDT and TSS below
-0x10000, no IDT, RSP = 0x100000 - 16, IA32_FEATURE_CONTROL locked with VMX enabled."""
+0x10000, no IDT, RSP = 0x100000 - 16 (- i × 0x4000 for vCPU i), IA32_FEATURE_CONTROL locked
+with VMX enabled."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ PD_BASE = 0x3000  # one page directory (1 GiB of 2 MiB pages) per PDPT entry, up
 GDT = 0x8000
 TSS = 0x9000
 INITIAL_RSP = 0x100000 - 16
+VCPU_STACK_SIZE = 0x4000
 CODE_SELECTOR, DATA_SELECTOR, TSS_SELECTOR = 0x08, 0x10, 0x18
 _CR0_ET = 1 << 4
 _GDT_ENTRIES = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF)  # null, 64-bit code, data
@@ -51,6 +53,11 @@ def build_platform(memory: PhysicalMemory, guest_size: int) -> None:
     low = tss_limit | (TSS & 0xFFFFFF) << 16 | 0x89 << 40 | ((TSS >> 24) & 0xFF) << 56
     memory.write_u(GDT + TSS_SELECTOR, 8, low)
     memory.write_u(GDT + TSS_SELECTOR + 8, 8, TSS >> 32)
+
+
+def initial_rsp(vcpu: int) -> int:
+    """vCPU i's stack: 16 KiB below vCPU i - 1's."""
+    return INITIAL_RSP - vcpu * VCPU_STACK_SIZE
 
 
 def initial_state(entry: int, rsp: int = INITIAL_RSP) -> CpuState:

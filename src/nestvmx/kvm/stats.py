@@ -23,23 +23,28 @@ class RunStats:
     fields_copied: int = 0
     shadow_vmcs_allocated: int = 0
     shadow_vmcs_live: int = 0
+    exits: int = 0  # all of the above
 
     def count_exit(self, basic_reason: int, from_l2: bool) -> None:
         (self.exits_from_l2 if from_l2 else self.exits_from_l1)[exit_reason_name(basic_reason)] += 1
+        self.exits += 1
 
-    @property
-    def total_exits(self) -> int:
-        return sum(self.exits_from_l1.values()) + sum(self.exits_from_l2.values())
+    @classmethod
+    def merged(cls, parts: list[RunStats]) -> RunStats:
+        """The VM's totals over its vCPUs."""
+        total = cls(shadow_enabled=parts[0].shadow_enabled)
+        for part in parts:
+            for name, value in vars(part).items():
+                if not isinstance(value, bool):
+                    setattr(total, name, getattr(total, name) + value)
+        return total
 
-    def as_dict(
-        self, outcome: str, status: int, instructions_l1: int, instructions_l2: int, wall: float, events: dict[str, int]
-    ) -> dict:
+    def as_dict(self, instructions_l1: int, instructions_l2: int, events: dict[str, int]) -> dict:
+        """The counters of the statistics contract (for the VM, or one vCPU)."""
         by_reason = self.exits_from_l1 + self.exits_from_l2
         return {
-            "outcome": outcome,
-            "status": status,
             "l0_exits": {
-                "total": self.total_exits,
+                "total": self.exits,
                 "from_l1": sum(self.exits_from_l1.values()),
                 "from_l2": sum(self.exits_from_l2.values()),
                 "by_reason": dict(sorted(by_reason.items())),
@@ -61,5 +66,4 @@ class RunStats:
             },
             "instructions": {"l1": instructions_l1, "l2": instructions_l2},
             "events": dict(sorted(events.items())),  # the processor's hardware events, for the cost model
-            "wall_seconds": round(wall, 6),
         }

@@ -7,9 +7,9 @@ from the VM-exit information fields, as KVM does.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nestvmx.arch.controls import (
     INTR_INFO_DELIVER_ERROR_CODE,
@@ -26,18 +26,17 @@ from nestvmx.arch.exit_reasons import ExitReason, exit_reason_name
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMXON_OUTSIDE_SMX, Msr
 from nestvmx.engine.engine import Engine, EngineError
-from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector
-from nestvmx.hw.memory import PhysicalMemory
 from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
 from nestvmx.hw.state import CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
 from nestvmx.kvm.cpuid import cpuid
-from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested import NestedVmx
 from nestvmx.kvm.stats import RunStats
 
-L0_AREA_SIZE = 4 << 20  # L0's private host memory above the guest's: VMXON region, VMCSs, EPT tables
+if TYPE_CHECKING:
+    from nestvmx.kvm.vm import Kvm
+
 CONSOLE_PORT = 0xE9
 EXIT_PORT = 0xF4
 KVM_ENOSYS = 1000
@@ -52,6 +51,7 @@ class RunEnd:
     outcome: str  # "exit" | "crash" | "limit"
     status: int
     message: str = ""
+    halted: bool = False  # the vCPU halted with nothing to wake it: the end only if no other vCPU runs
 
 
 class L0Bug(Exception):
@@ -65,34 +65,23 @@ class VmxVcpu:
     cr4_host_owned = _CR4_HOST_OWNED
     cr0_fixed = _CR0_FIXED
 
-    def __init__(
-        self,
-        model: CpuModel,
-        guest_size: int,
-        console: Callable[[bytes], None],
-        trace: Callable[[str], None] | None = None,
-        enable_shadow_vmcs: bool = True,
-    ) -> None:
-        self.model = model
-        # KVM's module parameter, honoured only where the processor can shadow (cpu_has_vmx_shadow_vmcs:
-        # secondary control bit 14 and IA32_VMX_MISC bit 29, to VMWRITE the exit fields into the shadow).
-        self.enable_shadow_vmcs = enable_shadow_vmcs and model.has_vmcs_shadowing and model.vmwrite_any_field
-        self.guest_size = guest_size
-        self.memory = PhysicalMemory(guest_size + L0_AREA_SIZE)
+    def __init__(self, kvm: Kvm, vcpu_id: int) -> None:
+        self.kvm = kvm
+        self.vcpu_id = vcpu_id  # also its initial APIC ID
+        # The VM's, for short (KVM's vcpu->kvm->...).
+        self.model, self.memory, self.guest_size, self.eptp = kvm.model, kvm.memory, kvm.guest_size, kvm.eptp
+        self.alloc_page, self.free_pages = kvm.alloc_page, kvm.free_pages
+        self.enable_shadow_vmcs = kvm.enable_shadow_vmcs
         host = CpuState()
         host.cr4 |= CR4_VMXE
-        self.cpu = LogicalProcessor(model, self.memory, host)
-        self.engine = Engine(self.cpu)
-        self.console = console
-        self.trace = trace
+        self.cpu = LogicalProcessor(self.model, self.memory, host)
+        self.engine = Engine(self.cpu, kvm.shared_code)
         self.stats = RunStats()
         self.regs = [0] * 16  # guest GPRs (KVM's vcpu->arch.regs), RSP excepted
         self.cr2 = 0
-        self._next_page = guest_size
-        self._free_pages: list[int] = []
+        self.halted = False  # halted with nothing to wake it (KVM_MP_STATE_HALTED)
         self.vmxon_region = self.alloc_page()
         self.vmcs01 = self.alloc_page()
-        self.eptp = self._build_ept01()
         self.launched: set[int] = set()  # processor VMCSs (vmcs01, vmcs02) entered since their VMCLEAR
         self.nested = NestedVmx(self)
         self.stats.shadow_enabled = self.enable_shadow_vmcs
@@ -101,28 +90,6 @@ class VmxVcpu:
         )
 
     # ------------------------------------------------------------ set-up
-
-    def alloc_page(self) -> int:
-        """A zeroed page of L0's private memory."""
-        if self._free_pages:
-            page = self._free_pages.pop()
-        else:
-            page = self._next_page
-            self._next_page += 0x1000
-            if self._next_page > self.memory.size:
-                raise L0Bug("L0's private memory is exhausted")
-        self.memory.write(page, bytes(0x1000))
-        return page
-
-    def free_pages(self, pages: list[int]) -> None:
-        self._free_pages.extend(pages)
-
-    def _build_ept01(self) -> int:
-        """Identity EPT for guest memory with 2 MiB pages, read/write/execute, write-back."""
-        ept01 = EptTables(self.memory, self.alloc_page)
-        for gpa in range(0, self.guest_size, 1 << 21):
-            ept01.map(gpa, gpa, 1 << 21, 7)
-        return ept01.eptp
 
     def vmwrite(self, field: int, value: int) -> None:
         if self.cpu.vmwrite(field, value) != VM_SUCCEED:
@@ -236,47 +203,39 @@ class VmxVcpu:
 
     # ------------------------------------------------------------ run loop
 
-    def run(self, max_exits: int | None = None, deadline: float | None = None) -> RunEnd:
-        """vcpu_run: enter the guest, handle its exits, until it ends or a limit is hit."""
-        while True:
-            if max_exits is not None and self.stats.total_exits >= max_exits:
-                return RunEnd("limit", 0, f"stopped after {max_exits} exits (--max-exits)")
-            if deadline is not None and time.monotonic() > deadline:
-                return RunEnd("limit", 0, "stopped at the time limit")
+    def run_once(self, timer: int | None = None) -> RunEnd | None:
+        """One round of vcpu_run: enter the guest and handle its next exit.  `timer`: the host's
+        timer interrupt comes after that many guest instructions (the scheduler's time slice)."""
+        if not self.nested.guest_mode:
+            self.nested.before_l1_entry()
+        # Guest GPRs and CR2 are not in the VMCS: L0 loads them before VM entry, as KVM's vmenter does.
+        self.cpu.state.gpr[:] = self.regs
+        self.cpu.state.cr2 = self.cr2
+        current = self.cpu.current_vmcs
+        result = self.cpu.vmresume() if current in self.launched else self.cpu.vmlaunch()
+        if result is not None:
             if not self.nested.guest_mode:
-                self.nested.before_l1_entry()
-            # Guest GPRs and CR2 are not in the VMCS: L0 loads them before VM entry, as KVM's vmenter does.
-            self.cpu.state.gpr[:] = self.regs
-            self.cpu.state.cr2 = self.cr2
-            current = self.cpu.current_vmcs
-            result = self.cpu.vmresume() if current in self.launched else self.cpu.vmlaunch()
-            if result is not None:
-                if not self.nested.guest_mode:
-                    if isinstance(
-                        result, VmExit
-                    ):  # L1's guest state (e.g. a hand-edited snapshot): KVM_EXIT_FAIL_ENTRY
-                        return RunEnd("crash", 0, f"VM entry failed: {self.cpu.last_entry_check}")
-                    raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
-                self.nested.vmcs02_entry_failed(result)  # a vmcs12 the processor refuses after all
-                continue
-            self.launched.add(current)
-            try:
-                self.engine.run()
-            except EngineError as err:
-                return RunEnd("crash", 0, str(err))
-            self.regs = list(self.cpu.state.gpr)
-            self.cr2 = self.cpu.state.cr2
-            end = self.handle_exit()
-            if end is not None:
-                return end
+                if isinstance(result, VmExit):  # L1's guest state (e.g. a hand-edited snapshot): KVM_EXIT_FAIL_ENTRY
+                    return RunEnd("crash", 0, f"VM entry failed: {self.cpu.last_entry_check}")
+                raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
+            self.nested.vmcs02_entry_failed(result)  # a vmcs12 the processor refuses after all
+            return None
+        self.launched.add(current)
+        try:
+            self.engine.run(timer)
+        except EngineError as err:
+            return RunEnd("crash", 0, str(err))
+        self.regs = list(self.cpu.state.gpr)
+        self.cr2 = self.cpu.state.cr2
+        return self.handle_exit()
 
     def handle_exit(self) -> RunEnd | None:
         reason = self.vmread(F.VM_EXIT_REASON)
         basic = reason & 0xFFFF
         from_l2 = self.nested.guest_mode
         self.stats.count_exit(basic, from_l2)
-        if self.trace:
-            self.trace(
+        if self.kvm.trace:
+            self.kvm.trace(
                 f"kvm_exit: {'L2' if from_l2 else 'L1'} vcpu 0 reason {exit_reason_name(basic)} "
                 f"rip {self.vmread(F.GUEST_RIP):#x} "
                 f"info1 {self.vmread(F.EXIT_QUALIFICATION):#x} info2 0x0 "
@@ -341,7 +300,9 @@ class VmxVcpu:
 
     def handle_cpuid(self) -> RunEnd | None:
         r = self.regs
-        r[0], r[3], r[1], r[2] = cpuid(self.model, r[0] & 0xFFFF_FFFF, r[1] & 0xFFFF_FFFF)
+        r[0], r[3], r[1], r[2] = cpuid(
+            self.model, r[0] & 0xFFFF_FFFF, r[1] & 0xFFFF_FFFF, self.vcpu_id, len(self.kvm.vcpus)
+        )
         self.skip_emulated_instruction()
         return None
 
@@ -359,7 +320,7 @@ class VmxVcpu:
         if is_in:
             self.regs[0] = self.regs[0] & ~mask | mask  # no device: all ones
         elif port == CONSOLE_PORT:
-            self.console(bytes([self.regs[0] & 0xFF]))
+            self.kvm.console(bytes([self.regs[0] & 0xFF]))
         elif port == EXIT_PORT:
             return RunEnd("exit", self.regs[0] & 0xFF)
         self.skip_emulated_instruction()
@@ -446,7 +407,14 @@ class VmxVcpu:
         return None
 
     def handle_hlt(self) -> RunEnd:
-        return self.crash("guest halted with interrupts disabled (HLT): nothing can wake it")
+        """The platform has no interrupt source: a halted vCPU never wakes (other vCPUs go on)."""
+        end = self.crash("guest halted (HLT) and nothing can wake it")
+        return RunEnd(end.outcome, end.status, end.message, halted=True)
+
+    def handle_external_interrupt(self) -> None:
+        """The host's own interrupt (its timer): the host handled it; the guest resumes when
+        the scheduler runs this vCPU again."""
+        return None
 
     def handle_vmcall(self) -> RunEnd | None:
         """KVM's hypercall ABI: no hypercall is implemented, so RAX = -KVM_ENOSYS."""
@@ -466,6 +434,7 @@ class VmxVcpu:
 
 _EXIT_HANDLERS: dict[int, Callable[[VmxVcpu], RunEnd | None]] = {
     ExitReason.EXCEPTION_NMI: VmxVcpu.handle_exception_nmi,
+    ExitReason.EXTERNAL_INTERRUPT: VmxVcpu.handle_external_interrupt,
     ExitReason.TRIPLE_FAULT: VmxVcpu.handle_triple_fault,
     ExitReason.CPUID: VmxVcpu.handle_cpuid,
     ExitReason.IO_INSTRUCTION: VmxVcpu.handle_io,
