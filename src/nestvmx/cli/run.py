@@ -16,6 +16,7 @@ from nestvmx.guests.build import L2_WORKLOADS, build_minivisor
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.kvm.loader import ProgramError
+from nestvmx.kvm.vm import MAX_VCPUS, Schedule
 from nestvmx.kvm.vmx import L0Bug
 from nestvmx.measure.cost_model import CostModelError
 from nestvmx.snapshot import SnapshotError
@@ -31,6 +32,14 @@ def _address(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an address (e.g. 0x100000)") from None
+
+
+def _schedule(text: str) -> str:
+    try:
+        Schedule.parse(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    return text
 
 
 def _options(*options: Callable) -> Callable:
@@ -111,6 +120,21 @@ Exit status:
 @click.option(
     "--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True, help="Guest memory in MiB."
 )
+@click.option(
+    "--vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    default=1,
+    show_default=True,
+    help="vCPUs of the VM; vCPU i starts with RSP 0x100000-16-i*0x4000 and APIC ID i (minivisor: one L2 each).",
+)
+@click.option(
+    "--schedule",
+    default="rr",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _schedule(value),
+    help="How L0 interleaves the vCPUs, switching at VM exits: rr[:N] gives each a time slice of N guest "
+    "instructions (10000; the host timer ends it), exit[:N] also switches after N VM exits (1).",
+)
 @_host_options
 @_run_options
 def run(
@@ -121,6 +145,8 @@ def run(
     footprint: str,
     load_address: str,
     memory_mib: int,
+    vcpus: int,
+    schedule: str,
     cpu: str,
     shadow_vmcs: bool | None,
     costs: str | None,
@@ -148,8 +174,8 @@ def run(
     address = _address(load_address)
 
     def create() -> VM:
-        vm = Host(cpu, shadow_vmcs, costs).create_vm(memory_mib=memory_mib)
-        vm.load(build_minivisor(l2, iterations, footprint) if l1 else program, address)
+        vm = Host(cpu, shadow_vmcs, costs).create_vm(memory_mib=memory_mib, vcpus=vcpus, schedule=schedule)
+        vm.load(build_minivisor(l2, iterations, footprint, vcpus) if l1 else program, address)
         return vm
 
     _run_vm(create, max_exits, timeout, stats_json, trace, save, save_after_exits)

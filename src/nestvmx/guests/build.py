@@ -41,15 +41,18 @@ MINIVISOR = Path(__file__).parent / "minivisor"
 L2_WORKLOADS = {"cpuid": 1, "vmcall": 2, "io": 3, "msr": 4, "pagetouch": 5, "mix": 6}
 
 
-def build_minivisor(workload: str, iterations: int, footprint: str = DEFAULT_FOOTPRINT) -> Path:
-    """The built-in L1 hypervisor with one of its L2 workloads and the VMCS footprint of a real L1."""
+def build_minivisor(workload: str, iterations: int, footprint: str = DEFAULT_FOOTPRINT, vcpus: int = 1) -> Path:
+    """The built-in L1 hypervisor with one of its L2 workloads and the VMCS footprint of a real L1,
+    running one L2 per vCPU on a VM of `vcpus` vCPUs."""
     header = cache_dir() / "footprints" / footprint / "footprint.h"
     text = c_header(FOOTPRINTS[footprint])
     if not header.exists() or header.read_text() != text:
         header.parent.mkdir(parents=True, exist_ok=True)
         header.write_text(text)
     return build_guest(
-        [MINIVISOR / "minivisor.c"], {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations}, headers=[header]
+        [MINIVISOR / "minivisor.c"],
+        {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations, "VCPUS": vcpus},
+        headers=[header],
     )
 
 

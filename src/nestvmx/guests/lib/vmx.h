@@ -49,36 +49,53 @@ static void must(u64 flags, const char *what) {
 }
 
 static __attribute__((unused)) u64 vmr(u64 field) { u64 v = 0; must(vmread(field, &v), "VMREAD failed"); return v; }
+
+/* Per-CPU data: each CPU loads its own TSS, at selector 0x18 + 16 * cpu of the GDT below, so
+ * STR (which does not exit) tells a CPU which one it is.  Keep in step with lib/vmx_entry.S. */
+#define VMX_MAX_CPUS 32
+static inline int vmx_this_cpu(void) {
+    u16 tr;
+    __asm__ volatile("str %0" : "=r"(tr));
+    int cpu = (tr - 0x18) >> 4;
+    return cpu >= 0 && cpu < VMX_MAX_CPUS ? cpu : 0;
+}
+
 /* The values written with vmw(), so that a hypervisor can write a field again unchanged. */
-static struct { u64 field, value; } vmx_written[160];
-static int vmx_nwritten;
+static struct { u64 field, value; } vmx_written[VMX_MAX_CPUS][160];
+static int vmx_nwritten[VMX_MAX_CPUS];
 static void vmw(u64 field, u64 value) {
     must(vmwrite(field, value), "VMWRITE failed");
-    for (int i = 0; i < vmx_nwritten; i++)
-        if (vmx_written[i].field == field) { vmx_written[i].value = value; return; }
-    if (vmx_nwritten < 160) { vmx_written[vmx_nwritten].field = field; vmx_written[vmx_nwritten++].value = value; }
+    int c = vmx_this_cpu();
+    for (int i = 0; i < vmx_nwritten[c]; i++)
+        if (vmx_written[c][i].field == field) { vmx_written[c][i].value = value; return; }
+    if (vmx_nwritten[c] < 160) { vmx_written[c][vmx_nwritten[c]].field = field; vmx_written[c][vmx_nwritten[c]++].value = value; }
 }
 static u64 vmx_last_written(u64 field) {
-    for (int i = 0; i < vmx_nwritten; i++) if (vmx_written[i].field == field) return vmx_written[i].value;
+    int c = vmx_this_cpu();
+    for (int i = 0; i < vmx_nwritten[c]; i++) if (vmx_written[c][i].field == field) return vmx_written[c][i].value;
     return 0;
 }
 
-/* A GDT of our own (code 0x08, data 0x10, a TSS at 0x18), loaded with LTR: VM entry needs a
- * usable host TR, and vmx_setup_vmcs gives L2 these selectors. */
-static u64 vmx_gdt[5] __attribute__((aligned(16)));
-static u8 vmx_tss[104] __attribute__((aligned(16)));
-static inline void vmx_setup_descriptors(void) {
-    u64 t = (u64)vmx_tss;
+/* A GDT of our own (code 0x08, data 0x10, then one TSS per CPU from 0x18), loaded with LTR: VM
+ * entry needs a usable host TR, and vmx_setup_vmcs gives L2 these selectors. */
+static u64 vmx_gdt[3 + 2 * VMX_MAX_CPUS] __attribute__((aligned(16)));
+static u8 vmx_tss[VMX_MAX_CPUS][104] __attribute__((aligned(16)));
+static inline void vmx_setup_descriptors_cpu(int cpu) {
+    u64 t = (u64)vmx_tss[cpu];
     vmx_gdt[1] = 0x00af9b000000ffffull;
     vmx_gdt[2] = 0x00cf93000000ffffull;
-    vmx_gdt[3] = (sizeof(vmx_tss) - 1) | (t & 0xffffff) << 16 | 0x89ull << 40 | ((t >> 24) & 0xff) << 56;
-    vmx_gdt[4] = t >> 32;
+    vmx_gdt[3 + 2 * cpu] = (sizeof(vmx_tss[0]) - 1) | (t & 0xffffff) << 16 | 0x89ull << 40 | ((t >> 24) & 0xff) << 56;
+    vmx_gdt[4 + 2 * cpu] = t >> 32;
     struct { u16 limit; u64 base; } __attribute__((packed)) gdtr = {sizeof(vmx_gdt) - 1, (u64)vmx_gdt};
     __asm__ volatile("lgdt %0" : : "m"(gdtr));
     __asm__ volatile("pushq $0x08; leaq 1f(%%rip), %%rax; pushq %%rax; lretq; 1:" : : : "rax", "memory");
     __asm__ volatile("movw $0x10, %%ax; movw %%ax, %%ds; movw %%ax, %%es; movw %%ax, %%ss; ltr %w0"
-                     : : "r"(0x18) : "rax", "memory");
+                     : : "r"(0x18 + 16 * cpu) : "rax", "memory");
 }
+static inline void vmx_setup_descriptors(void) { vmx_setup_descriptors_cpu(0); }
+
+/* The initial APIC ID (CPUID.1:EBX[31:24]): on this platform, the vCPU's index. */
+static inline int vmx_apic_id(void) { u32 a, b, c, d; cpuid(1, 0, &a, &b, &c, &d); return b >> 24; }
 
 /* Make CR0 and CR4 satisfy IA32_VMX_CR0/CR4_FIXED0/1 (CR4.VMXE included), as VMXON requires. */
 static inline void vmx_enable_cr(void) {

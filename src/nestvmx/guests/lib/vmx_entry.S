@@ -4,11 +4,12 @@
  * VMLAUNCH or VMRESUME.  On a VM exit the processor resumes at vmx_exit_point (HOST_RIP) with
  * RSP = HOST_RSP: the guest GPRs are stored into *g and vmx_run returns 0.  If the instruction
  * fails (VMfail), vmx_run returns RFLAGS with bit 63 set.  HOST_RSP is written only when it
- * changes, as KVM's vmx_vcpu_run does (it caches the value it last wrote). */
+ * changes, as KVM's vmx_vcpu_run does (it caches the value it last wrote, per CPU: the CPU is
+ * named by its TR selector, 0x18 + 16 * cpu, as in vmx.h). */
     .data
     .balign 8
 host_rsp_written:
-    .quad 0
+    .fill 32, 8, 0                  /* VMX_MAX_CPUS */
     .text
     .globl vmx_run, vmx_exit_point
 vmx_run:
@@ -20,9 +21,15 @@ vmx_run:
     pushq %r15
     pushq %rsi                      /* g, found again at (%rsp) after the exit */
     movl %edi, %ebx                 /* launch flag: keep it in a callee-saved register */
-    cmpq host_rsp_written(%rip), %rsp
+    str %eax
+    subl $0x18, %eax
+    shrl $4, %eax
+    andl $31, %eax                  /* a TR outside the table shares a slot: only a cache */
+    leaq host_rsp_written(%rip), %rdx
+    leaq (%rdx,%rax,8), %rdx
+    cmpq (%rdx), %rsp
     je 4f
-    movq %rsp, host_rsp_written(%rip)
+    movq %rsp, (%rdx)
     movq $0x6c14, %rax              /* HOST_RSP */
     vmwrite %rsp, %rax
 4:
