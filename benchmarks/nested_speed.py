@@ -2,7 +2,9 @@
 and peak memory grow with the iteration count (memory must stay flat).
 
 Usage: .venv/bin/python benchmarks/nested_speed.py [--sizes 1000,10000] [--workload cpuid] [--cpu haswell]
-Each measurement runs in a fresh process so that its peak RSS is its own.
+                                                  [--vcpus 1,2,4,8] [--configs nested-shadow]
+Each measurement runs in a fresh process so that its peak RSS is its own.  With N vCPUs every
+vCPU runs the iterations (one L2 each): the exit counts are totals over the vCPUs.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import time
 CONFIGS = ("single", "nested", "nested-shadow")
 
 
-def measure_one(workload: str, config: str, iterations: int, cpu: str) -> dict:
+def measure_one(workload: str, config: str, iterations: int, cpu: str, vcpus: int) -> dict:
     from nestvmx.api import Host
-    from nestvmx.guests.build import build_minivisor, build_workload
+    from nestvmx.guests.build import DEFAULT_FOOTPRINT, build_minivisor, build_workload
 
     nested = config.startswith("nested")
-    elf = build_minivisor(workload, iterations) if nested else build_workload(workload, iterations)
-    vm = Host(cpu, shadow_vmcs=config == "nested-shadow").create_vm()
+    elf = (
+        build_minivisor(workload, iterations, DEFAULT_FOOTPRINT, vcpus)
+        if nested
+        else build_workload(workload, iterations, vcpus)
+    )
+    vm = Host(cpu, shadow_vmcs=config == "nested-shadow").create_vm(vcpus=vcpus)
     vm.load(elf)
     start = time.perf_counter()
     result = vm.run()
@@ -45,26 +51,33 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--workload", default="cpuid")
     parser.add_argument("--cpu", default="haswell")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: config,iterations in a child process
+    parser.add_argument("--vcpus", default="1")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: config,iterations,vcpus in a child process
     args = parser.parse_args()
     if args.one:
-        config, iterations = args.one.split(",")
-        print(json.dumps(measure_one(args.workload, config, int(iterations), args.cpu)))
+        config, iterations, vcpus = args.one.split(",")
+        print(json.dumps(measure_one(args.workload, config, int(iterations), args.cpu, int(vcpus))))
         return
-    print(f"{'config':14} {'iterations':>10} {'wall s':>8} {'L2 exits/s':>11} {'L0 exits/s':>11} {'peak RSS MiB':>13}")
-    for config in CONFIGS:
-        for size in map(int, args.sizes.split(",")):
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", f"{config},{size}", "--workload", args.workload, "--cpu", args.cpu],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(out.stdout)
-            print(
-                f"{config:14} {size:>10} {r['wall']:>8.2f} {r['l2_exits'] / r['wall']:>11,.0f} "
-                f"{r['l0_exits'] / r['wall']:>11,.0f} {r['peak_rss_mib']:>13.0f}"
-            )
+    print(
+        f"{'config':14} {'vCPUs':>5} {'iterations':>10} {'wall s':>8} {'L2 exits/s':>11} {'L0 exits/s':>11} "
+        f"{'peak RSS MiB':>13}"
+    )
+    for config in args.configs.split(","):
+        for vcpus in map(int, args.vcpus.split(",")):
+            for size in map(int, args.sizes.split(",")):
+                one = f"{config},{size},{vcpus}"
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", one, "--workload", args.workload, "--cpu", args.cpu],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                r = json.loads(out.stdout)
+                print(
+                    f"{config:14} {vcpus:>5} {size:>10} {r['wall']:>8.2f} {r['l2_exits'] / r['wall']:>11,.0f} "
+                    f"{r['l0_exits'] / r['wall']:>11,.0f} {r['peak_rss_mib']:>13.0f}"
+                )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from rich.table import Table
 from nestvmx.guests.build import L2_WORKLOADS
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
+from nestvmx.kvm.vm import MAX_VCPUS
 from nestvmx.measure.bench import BenchRow, run_bench, shadow_share
 from nestvmx.measure.cost_model import CostModelError
 from nestvmx.measure.plot import plot_breakdown
@@ -45,6 +46,13 @@ from nestvmx.measure.reproduce import EXPERIMENTS
 )
 @click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
 @click.option(
+    "--vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    default=1,
+    show_default=True,
+    help="vCPUs of each VM: every vCPU runs the workload (nested: one L2 per vCPU).",
+)
+@click.option(
     "--reproduce", type=click.Choice(sorted(EXPERIMENTS)), help="Set up a published experiment; print model vs. paper."
 )
 @click.option(
@@ -65,6 +73,7 @@ def bench(
     cpu: str,
     footprint: str,
     costs: str | None,
+    vcpus: int,
     reproduce: str | None,
     plot_path: Path | None,
     json_path: Path | None,
@@ -87,12 +96,13 @@ def bench(
                 costs,
                 footprint,
                 lambda what: progress.update(task, advance=1, description=what),
+                vcpus,
             )
     except CostModelError as err:
         click.echo(f"nestvmx: {err}", err=True)
         sys.exit(126)
     out = Console(width=200) if not Console().is_terminal else Console()
-    out.print(_table(rows, cpu, iterations))
+    out.print(_table(rows, cpu, iterations, vcpus))
     if json_path:
         json_path.write_text(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
     if plot_path:
@@ -116,11 +126,12 @@ def _print_reproduction(name: str, iterations: int) -> None:
     Console(width=200).print(table)
 
 
-def _table(rows: list[BenchRow], cpu: str, iterations: int) -> Table:
+def _table(rows: list[BenchRow], cpu: str, iterations: int, vcpus: int) -> Table:
     cost_model = rows[0].cost_model if rows else "-"
     footprint = next((r.footprint for r in rows if r.footprint != "-"), "-")
+    size = f"{iterations} iterations" + (f" on each of {vcpus} vCPUs" if vcpus > 1 else "")
     table = Table(
-        title=f"nestvmx bench — cpu {cpu}, cost model {cost_model}, L1 footprint {footprint}, {iterations} iterations",
+        title=f"nestvmx bench — cpu {cpu}, cost model {cost_model}, L1 footprint {footprint}, {size}",
         title_justify="left",
         header_style="bold",
     )

@@ -132,8 +132,9 @@ Exit status:
     default="rr",
     show_default=True,
     callback=lambda _ctx, _param, value: _schedule(value),
-    help="How L0 interleaves the vCPUs, switching at VM exits: rr[:N] gives each a time slice of N guest "
-    "instructions (10000; the host timer ends it), exit[:N] also switches after N VM exits (1).",
+    help="How L0 interleaves the vCPUs, switching at VM exits: rr[:N] at the first exit after N guest "
+    "instructions (10000), exit[:N] also after N exits (1); the host timer preempts a vCPU that runs N more "
+    "instructions without exiting.",
 )
 @_host_options
 @_run_options

@@ -56,9 +56,11 @@ def build_minivisor(workload: str, iterations: int, footprint: str = DEFAULT_FOO
     )
 
 
-def build_workload(workload: str, iterations: int) -> Path:
-    """An L2 workload as a program of its own, to run single-level."""
-    return build_guest([MINIVISOR / "workload.c"], {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations})
+def build_workload(workload: str, iterations: int, vcpus: int = 1) -> Path:
+    """An L2 workload as a program of its own, to run single-level (on every vCPU)."""
+    return build_guest(
+        [MINIVISOR / "workload.c"], {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations, "VCPUS": vcpus}
+    )
 
 
 def build_guest(sources: list[Path], defines: dict[str, int] | None = None, headers: list[Path] = ()) -> Path:

@@ -27,10 +27,11 @@ DEFAULT_SLICE = 10_000  # guest instructions per turn
 class Schedule:
     """Round-robin over the runnable vCPUs, switching at VM-exit boundaries.
 
-    `rr[:N]` (the default, N = 10,000): each turn is a time slice of N guest instructions; the
-    host's timer interrupt (an external-interrupt VM exit) ends a slice in which the vCPU did
-    not exit.  `exit[:N]` (N = 1): a turn also ends after N VM exits, for the finest interleaving
-    of L1's VMX instructions across vCPUs."""
+    `rr[:N]` (the default, N = 10,000): a turn ends at the vCPU's first VM exit once it has run
+    N guest instructions in the turn.  `exit[:N]` (N = 1): a turn also ends after N VM exits,
+    for the finest interleaving of L1's VMX instructions across vCPUs.  Either way a vCPU that
+    runs a further N instructions without exiting (e.g. spinning on a lock) is preempted by the
+    host's timer interrupt, an external-interrupt VM exit that L0 handles."""
 
     slice: int = DEFAULT_SLICE
     exits: int | None = None
@@ -116,7 +117,7 @@ class Kvm:
                 return RunEnd("limit", 0, "stopped at the time limit")
             vcpu = self.vcpus[self.current]
             before = vcpu.engine.executed
-            end = vcpu.run_once(max(1, self.schedule.slice - self.turn_instructions) if smp else None)
+            end = vcpu.run_once(max(1, 2 * self.schedule.slice - self.turn_instructions) if smp else None)
             if end is not None:
                 if end.halted and any(not v.halted for v in self.vcpus if v is not vcpu):
                     vcpu.halted = True  # KVM_MP_STATE_HALTED: nothing will wake it, the others go on

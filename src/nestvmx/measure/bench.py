@@ -41,11 +41,15 @@ class BenchRow:
         }
 
 
-def _run(workload: str, config: str, iterations: int, cpu: str, costs: str | None, footprint: str) -> dict:
+def _run(workload: str, config: str, iterations: int, cpu: str, costs: str | None, footprint: str, vcpus: int) -> dict:
     nested = config.startswith("nested")
     host = Host(cpu, shadow_vmcs=config == "nested-shadow", costs=costs)
-    vm = host.create_vm()
-    vm.load(build_minivisor(workload, iterations, footprint) if nested else build_workload(workload, iterations))
+    vm = host.create_vm(vcpus=vcpus)
+    vm.load(
+        build_minivisor(workload, iterations, footprint, vcpus)
+        if nested
+        else build_workload(workload, iterations, vcpus)
+    )
     result = vm.run()
     if result.outcome != "exit" or result.status != 0:
         raise RuntimeError(f"{workload}/{config}: {result.outcome} {result.status} {result.message}")
@@ -66,16 +70,18 @@ def run_bench(
     costs: str | None,
     footprint: str = DEFAULT_FOOTPRINT,
     progress: Callable[[str], None] = lambda _: None,
+    vcpus: int = 1,
 ) -> list[BenchRow]:
+    """The table's rows; with `vcpus` > 1 every vCPU runs the workload (one L2 each, nested)."""
     model = CostModel.load(costs) if costs else Host(cpu).cost_model
     rows = []
     configs = [c for c in CONFIGS if c != "nested-shadow" or Host(cpu).shadow_vmcs]
     for workload in workloads:
-        exits = EXITS_PER_ITERATION[workload] * iterations
+        exits = EXITS_PER_ITERATION[workload] * iterations * vcpus
         for config in configs:
             progress(f"{workload} / {config}")
             base, full = (
-                _run(workload, "single" if config == "native" else config, n, cpu, costs, footprint)
+                _run(workload, "single" if config == "native" else config, n, cpu, costs, footprint, vcpus)
                 for n in (iterations, 2 * iterations)
             )
             if config == "native":
