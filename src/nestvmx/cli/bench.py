@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from nestvmx.cli.run import vcpus_option
 from nestvmx.guests.build import L2_WORKLOADS
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
-from nestvmx.kvm.vm import MAX_VCPUS
 from nestvmx.measure.bench import BenchRow, run_bench, shadow_share
 from nestvmx.measure.cost_model import CostModelError
 from nestvmx.measure.plot import plot_breakdown
@@ -45,13 +45,7 @@ from nestvmx.measure.reproduce import EXPERIMENTS
     help="Whose VMREAD/VMWRITE traffic the built-in L1 reproduces.",
 )
 @click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
-@click.option(
-    "--vcpus",
-    type=click.IntRange(1, MAX_VCPUS),
-    default=1,
-    show_default=True,
-    help="vCPUs of each VM: every vCPU runs the workload (nested: one L2 per vCPU).",
-)
+@vcpus_option
 @click.option(
     "--reproduce", type=click.Choice(sorted(EXPERIMENTS)), help="Set up a published experiment; print model vs. paper."
 )

@@ -53,6 +53,14 @@ def _options(*options: Callable) -> Callable:
     return decorate
 
 
+vcpus_option = click.option(
+    "--vcpus",
+    type=click.IntRange(1, MAX_VCPUS),
+    default=1,
+    show_default=True,
+    help="vCPUs of the VM (vCPU i: APIC ID i, RSP 0x100000-16-i*0x4000); the built-in workloads run on every "
+    "vCPU, nested with one L2 each.",
+)
 _host_options = _options(
     click.option(
         "--cpu",
@@ -120,13 +128,7 @@ Exit status:
 @click.option(
     "--memory", "memory_mib", type=click.IntRange(1, 4096), default=64, show_default=True, help="Guest memory in MiB."
 )
-@click.option(
-    "--vcpus",
-    type=click.IntRange(1, MAX_VCPUS),
-    default=1,
-    show_default=True,
-    help="vCPUs of the VM; vCPU i starts with RSP 0x100000-16-i*0x4000 and APIC ID i (minivisor: one L2 each).",
-)
+@vcpus_option
 @click.option(
     "--schedule",
     default="rr",
