@@ -43,7 +43,14 @@ from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.engine.native import InstructionCounter, counter_library
-from nestvmx.engine.uc_state import GPR_IDS, UnicornRegisters, descriptor_segment, load_into_unicorn, save_from_unicorn
+from nestvmx.engine.uc_state import (
+    GPR_IDS,
+    SEGMENT_IDS,
+    UnicornRegisters,
+    descriptor_segment,
+    load_into_unicorn,
+    save_from_unicorn,
+)
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
@@ -237,6 +244,9 @@ class Engine:
         while True:
             if ctx.counter.limit and ctx.counter.count >= ctx.counter.limit:
                 return self._host_interrupt(cpu.current.fields)  # came due during the last stop
+            exit = self._map_descriptors(ctx)
+            if exit is not None:
+                return exit
             load_into_unicorn(ctx.regs, cpu.state)
             _reset_exception_state(ctx.uc)
             self.stop = None
@@ -252,6 +262,37 @@ class Engine:
             exit = self._after_stop()
             if exit is not None:
                 return exit
+
+    def _map_descriptors(self, ctx: GuestContext) -> VmExit | None:
+        """Unicorn reads a segment descriptor from the GDT whenever a selector is written (a VM
+        entry does not), and crashes if that read finds no memory outside `emu_start`.  So before
+        selectors change, the GDT entries and the paging structures that map them are mapped into
+        the instance, or the access takes the EPT violation it would cause (EPT02 is filled lazily)."""
+        s = self.cpu.state
+        known = ctx.regs.known
+        changed = [s.segs[seg].selector for seg, reg in SEGMENT_IDS.items() if known.get(reg) != s.segs[seg].selector]
+        linears = {s.gdtr_base + (sel & ~7) for sel in changed if sel & ~7 and not sel & 4 and sel | 7 <= s.gdtr_limit}
+        if not linears:
+            return None
+        memory = GuestMemory(self.cpu.model, self.cpu.memory, s, ctx.eptp, ctx.ept_cache)
+        memory.touched = set()
+        for linear in sorted(linears):
+            try:
+                gpa = memory.linear_to_gpa(linear)
+            except X86Exception as exc:
+                raise EngineError(
+                    f"the guest's GDT entry at linear {linear:#x} is not mapped by its page tables "
+                    "(the model cannot load its segment registers)"
+                ) from exc
+            except ept_mod.EptFault as fault:
+                return self._ept_exit(fault, access=1, linear=linear, in_walk=True)
+            try:
+                memory.gpa_to_hpa(gpa, ept_mod.EPT_READ)
+            except ept_mod.EptFault as fault:
+                return self._ept_exit(fault, access=1, linear=linear)
+        for page in memory.touched:
+            ctx.map_page(page << 12)
+        return None
 
     # ------------------------------------------------------------ contexts
 

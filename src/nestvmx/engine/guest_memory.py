@@ -37,9 +37,12 @@ class GuestMemory:
         # long as the hierarchy is unchanged (like the processor's EPT TLB, dropped on INVEPT).
         self.ept_cache = ept_cache if ept_cache is not None else {}
         self.last_gpa = 0  # guest-physical address of the last translation (for EPT violations)
+        self.touched: set[int] | None = None  # when a set: every guest-physical page accessed, by number
 
     def gpa_to_hpa(self, gpa: int, access: int) -> int:
         """Guest-physical to host-physical; EptFault with the entry's permissions on a violation."""
+        if self.touched is not None:
+            self.touched.add(gpa >> 12)
         if self.eptp is None:
             return gpa
         m = self.ept_cache.get(gpa >> 12)

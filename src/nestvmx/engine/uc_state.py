@@ -34,7 +34,7 @@ GPR_IDS = (
     X.UC_X86_REG_R14,
     X.UC_X86_REG_R15,
 )
-_SEG_IDS = {
+SEGMENT_IDS = {
     Seg.ES: X.UC_X86_REG_ES,
     Seg.CS: X.UC_X86_REG_CS,
     Seg.SS: X.UC_X86_REG_SS,
@@ -133,7 +133,7 @@ def load_into_unicorn(r: UnicornRegisters, s: CpuState) -> None:
     r.write(X.UC_X86_REG_CR3, s.cr3)
     r.write(X.UC_X86_REG_CR0, s.cr0)
     r.uc.reg_write(X.UC_X86_REG_CR2, s.cr2)  # not cached: Unicorn's CR2 is not readable (see below)
-    for seg, reg in _SEG_IDS.items():
+    for seg, reg in SEGMENT_IDS.items():
         r.write(reg, s.segs[seg].selector)
     for reg, seg in ((X.UC_X86_REG_LDTR, s.segs[Seg.LDTR]), (X.UC_X86_REG_TR, s.segs[Seg.TR])):
         r.write(reg, (seg.selector, seg.base, seg.limit, (seg.ar & 0xF0FF) << 8))
@@ -167,7 +167,7 @@ def save_from_unicorn(r: UnicornRegisters, s: CpuState, read_linear) -> None:
     s.efer = r.read_msr(Msr.IA32_EFER)
     _, s.gdtr_base, s.gdtr_limit, _ = r.read(X.UC_X86_REG_GDTR)
     _, s.idtr_base, s.idtr_limit, _ = r.read(X.UC_X86_REG_IDTR)
-    for seg, reg in _SEG_IDS.items():
+    for seg, reg in SEGMENT_IDS.items():
         selector = r.read(reg)
         if selector == s.segs[seg].selector:
             continue  # not reloaded: keep the hidden part the processor already has

@@ -36,6 +36,13 @@ class EptTables:
         self.memory.write_u(table + 8 * index, 8, page | 7)
         return page
 
+    def zap(self) -> list[int]:
+        """Unmap everything, keeping the root (and so the EPT pointer); the table pages freed."""
+        freed = self.pages[1:]
+        self.memory.write(self.root, bytes(0x1000))
+        self.pages, self.leaves = [self.root], 0
+        return freed
+
     def map(self, gpa: int, hpa: int, size: int, perms: int) -> None:
         """Map one 4 KiB or 2 MiB page, write-back memory type."""
         table = self.root

@@ -16,7 +16,7 @@ from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
 from nestvmx.arch.fields import Access, FieldType
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_CONTEXT, Msr
-from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_mappings, ept_translate
+from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_translate
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.hw import vmentry
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
@@ -101,6 +101,7 @@ _ALWAYS_REFLECTED = {
     ExitReason.INVALID_GUEST_STATE,
 }
 _VPID02 = 2
+EPT02_MAX_PAGES = 256  # table pages of one vCPU's EPT02 (1 MiB of L0's memory)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
 
@@ -701,7 +702,9 @@ class NestedVmx:
     # ------------------------------------------------ EPT02
 
     def _build_ept02(self, eptp12: int | None) -> None:
-        """EPT02 = EPT12 composed with EPT01 (identity for L1's RAM); all present leaves up front."""
+        """EPT02 = EPT12 composed with EPT01 (identity for L1's RAM).  With EPT12 it starts empty and
+        is filled on L2's EPT violations, as KVM's shadow EPT MMU does: L0 never walks EPT12 as a
+        whole (a hostile L1 can alias its tables into billions of leaves)."""
         v = self.vcpu
         self.drop_ept02()
         self.ept02 = EptTables(v.memory, v.alloc_page)
@@ -709,17 +712,6 @@ class NestedVmx:
         if eptp12 is None:  # L2 without EPT12 sees L1's guest-physical memory as is
             for gpa in range(0, v.guest_size, 1 << 21):
                 self.ept02.map(gpa, gpa, min(1 << 21, v.guest_size - gpa), EPT_READ | EPT_WRITE | EPT_EXEC)
-            return
-        for m in ept_mappings(self.model, self.l1_memory, eptp12):
-            self._map_ept02(m.gpa, m.hpa, m.size, m.perms)
-
-    def _map_ept02(self, gpa: int, l1_gpa: int, size: int, perms: int) -> None:
-        """Map an EPT12 leaf whose target lies in L1's RAM, in 2 MiB or 4 KiB pieces."""
-        v = self.vcpu
-        step = 1 << 21 if size >= 1 << 21 else 1 << 12
-        for offset in range(0, size, step):
-            if l1_gpa + offset + step <= v.guest_size:
-                self.ept02.map(gpa + offset, l1_gpa + offset, step, perms)
 
     def drop_ept02(self) -> None:
         """L1 changed or flushed EPT12: forget EPT02 and invalidate it on the processor."""
@@ -763,7 +755,17 @@ class NestedVmx:
         l1_gpa = m.hpa + (gpa & ~0xFFF) - m.gpa
         if l1_gpa >= v.guest_size:
             return v.crash(f"L1's EPT maps L2 guest-physical {gpa:#x} outside L1's memory")
-        self.ept02.map(gpa & ~0xFFF, l1_gpa, 0x1000, m.perms)  # the EPT02 fill: L2 resumes, L1 never knows
+        if len(self.ept02.pages) + 3 > EPT02_MAX_PAGES:
+            # KVM zaps shadow pages past its limit (kvm_mmu_zap_oldest_mmu_pages); L0 zaps all of EPT02,
+            # which L2 refills as it runs again: EPT02 stays bounded whatever L1's EPT12 looks like.
+            v.free_pages(self.ept02.zap())
+            v.cpu.invept(1, self.ept02.eptp.to_bytes(8, "little") + bytes(8))
+        # The EPT02 fill: L2 resumes, L1 never knows.  A 2 MiB page where EPT12 has one and it is all in RAM.
+        huge = gpa & ~0x1F_FFFF, l1_gpa & ~0x1F_FFFF
+        if m.size >= 1 << 21 and huge[1] + (1 << 21) <= v.guest_size:
+            self.ept02.map(huge[0], huge[1], 1 << 21, m.perms)
+        else:
+            self.ept02.map(gpa & ~0xFFF, l1_gpa, 0x1000, m.perms)
         v.stats.ept02_fills += 1
         return None
 
