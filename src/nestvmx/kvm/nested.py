@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
+from nestvmx.arch.controls import (
+    INTR_INFO_DELIVER_ERROR_CODE,
+    INTR_INFO_VALID,
+    EntryCtls,
+    ExitCtls,
+    InterruptionType,
+    PinBased,
+    PrimaryCtls,
+    SecondaryCtls,
+)
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
 from nestvmx.arch.fields import Access, FieldType
@@ -629,9 +638,9 @@ class NestedVmx:
         l1_efer, l1_pat = v.vmread(F.GUEST_IA32_EFER), v.vmread(F.GUEST_IA32_PAT)
         self.load_vmcs(self.vmcs02)
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
-        primary |= (
-            PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
-        )  # L1's I/O bitmaps are read by L0
+        # L1's I/O bitmaps are read by L0; HLT is L0's to handle when L1 does not intercept it (a
+        # halted L2 blocks its vCPU, KVM's kvm_emulate_halt).
+        primary |= PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS | PrimaryCtls.HLT_EXITING
         secondary = self._secondary12() & (SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID)
         secondary |= SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
         cr0_l0, cr4_l0 = v.cr0_host_owned, v.cr4_host_owned
@@ -797,16 +806,54 @@ class NestedVmx:
         if basic == ExitReason.CR_ACCESS:
             return self._cr_exit_wanted(v.vmread(F.EXIT_QUALIFICATION), primary)
         if basic == ExitReason.EXCEPTION_NMI:
-            info = v.vmread(F.VM_EXIT_INTR_INFO)
-            vector = info & 0xFF
-            if vector == Vector.PF:
-                hit = (
-                    v.vmread(F.VM_EXIT_INTR_ERROR_CODE) & f[F.PAGE_FAULT_ERROR_CODE_MASK]
-                    == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
-                )
-                return bool(f[F.EXCEPTION_BITMAP] >> 14 & 1) == hit
-            return bool(f[F.EXCEPTION_BITMAP] >> vector & 1)
+            return self._exception_wanted(v.vmread(F.VM_EXIT_INTR_INFO) & 0xFF, v.vmread(F.VM_EXIT_INTR_ERROR_CODE))
         return True
+
+    def _exception_wanted(self, vector: int, error_code: int) -> bool:
+        """vmcs12's exception bitmap, with the page-fault error-code mask and match (SDM §26.2)."""
+        f = self.vmcs12.fields
+        if vector == Vector.PF:
+            hit = error_code & f[F.PAGE_FAULT_ERROR_CODE_MASK] == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
+            return bool(f[F.EXCEPTION_BITMAP] >> 14 & 1) == hit
+        return bool(f[F.EXCEPTION_BITMAP] >> vector & 1)
+
+    def cr_valid(self, cr: int, value: int) -> bool:
+        """A MOV to CR0/CR4 that L0 emulates keeps the VMX fixed bits (SDM §24.8) while L1 is in VMX
+        operation (KVM's nested_host_cr0_valid) and in L2, where the bits L1 owns count as vmcs12's
+        guest CR value (handle_set_cr0/cr4, nested_guest_cr0_valid, nested_cr4_valid)."""
+        if not self.vmxon:
+            return True
+        m = self.model.msrs
+        fixed0, fixed1 = (
+            (m[Msr.IA32_VMX_CR0_FIXED0], m[Msr.IA32_VMX_CR0_FIXED1])
+            if cr == 0
+            else (m[Msr.IA32_VMX_CR4_FIXED0], m[Msr.IA32_VMX_CR4_FIXED1])
+        )
+        if self.guest_mode:
+            f = self.vmcs12.fields
+            mask, guest = (
+                (f[F.CR0_GUEST_HOST_MASK], f[F.GUEST_CR0]) if cr == 0 else (f[F.CR4_GUEST_HOST_MASK], f[F.GUEST_CR4])
+            )
+            value = value & ~mask | guest & mask
+        return value & fixed0 == fixed0 and not value & ~fixed1
+
+    def inject_exception_l2(self, vector: int, error_code: int | None) -> RunEnd | None:
+        """An exception L0 raises in L2 while emulating an instruction for it: an exception exit
+        to L1 if vmcs12's exception bitmap asks for it (KVM's nested_vmx_check_exception), else
+        delivered through L2's IDT at the next entry of vmcs02."""
+        v = self.vcpu
+        info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
+        if error_code is not None:
+            info |= INTR_INFO_DELIVER_ERROR_CODE
+        if self._exception_wanted(vector, error_code or 0):
+            return self.nested_vmx_vmexit(
+                ExitReason.EXCEPTION_NMI, qualification=0, intr_info=info, intr_error_code=error_code or 0
+            )
+        if error_code is not None:
+            v.vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
+            self.vmcs02_values[F.VM_ENTRY_EXCEPTION_ERROR_CODE] = error_code
+        v.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
+        return None
 
     def _io_exit_wanted(self, qualification: int, primary: int) -> bool:
         """nested_vmx_exit_handled_io: L1's I/O bitmaps, in L1's memory."""
@@ -844,8 +891,15 @@ class NestedVmx:
         source = qualification >> 16 & 0xF  # LMSW
         return bool((source ^ shadow) & mask & 0xE or (mask & 1 and source & 1 and not shadow & 1))
 
-    def nested_vmx_vmexit(self, reason: int, qualification: int | None = None) -> RunEnd | None:
-        """Reflect the current L2 exit to L1: exit information and L2 state into vmcs12, then L1's host state."""
+    def nested_vmx_vmexit(
+        self,
+        reason: int,
+        qualification: int | None = None,
+        intr_info: int | None = None,
+        intr_error_code: int = 0,
+    ) -> RunEnd | None:
+        """Reflect the current L2 exit to L1: exit information and L2 state into vmcs12, then L1's
+        host state.  The arguments replace what the processor recorded (an exit L0 synthesises)."""
         v, vmcs12 = self.vcpu, self.vmcs12
         for field in EXIT_INFO_FIELDS:
             if field in v.model.fields:
@@ -853,6 +907,8 @@ class NestedVmx:
         vmcs12[F.VM_EXIT_REASON] = reason
         if qualification is not None:
             vmcs12[F.EXIT_QUALIFICATION] = qualification
+        if intr_info is not None:
+            vmcs12[F.VM_EXIT_INTR_INFO], vmcs12[F.VM_EXIT_INTR_ERROR_CODE] = intr_info, intr_error_code
         self.sync_vmcs02_to_vmcs12()
         self.load_vmcs12_host_state()
         v.stats.nested_vmexits += 1

@@ -28,7 +28,7 @@ from nestvmx.arch.msr import FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMXON_OUTSI
 from nestvmx.engine.engine import Engine, EngineError
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector
 from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
-from nestvmx.hw.state import CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
+from nestvmx.hw.state import AR_L, CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
 from nestvmx.kvm.cpuid import cpuid
 from nestvmx.kvm.nested import NestedVmx
@@ -261,9 +261,11 @@ class VmxVcpu:
             self.vmwrite(F.GUEST_INTERRUPTIBILITY_INFO, interruptibility & ~3)
 
     def queue_exception(self, vector: int, error_code: int | None = None) -> RunEnd | None:
-        """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception).
-
-        The platform has no IDT at entry: an exception before the guest loads one ends the run."""
+        """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception); in L2, L1
+        may intercept it.  The platform has no IDT at entry: an exception before L1 loads one ends
+        the run (L2's go through L2's IDT, or to L1)."""
+        if self.nested.guest_mode:
+            return self.nested.inject_exception_l2(vector, error_code)
         if self.vmread(F.GUEST_IDTR_LIMIT) == 0:
             name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
             return self.crash(f"guest crashed: #{name} (vector {vector})")
@@ -393,11 +395,20 @@ class VmxVcpu:
         if access != 0 or cr not in (0, 4):
             return self.crash(f"unexpected control-register access (qualification {qualification:#x})")
         value = self.regs[gpr] if gpr != 4 else self.vmread(F.GUEST_RSP)
+        if not self.nested.cr_valid(cr, value):
+            return self.queue_exception(Vector.GP, 0)  # a VMX fixed bit (L1 in VMX operation, or L2)
         if cr == 0:
-            if (value ^ self.vmread(F.CR0_READ_SHADOW)) & (CR0_PE | CR0_PG | CR0_NE):
-                return self.crash(f"guest left 64-bit paged mode (CR0 {value:#x}), which this platform does not model")
+            # MOV to CR0 (SDM Vol. 2B): reserved bits, PG without PE, NW without CD, and clearing PG
+            # in 64-bit mode are #GP(0).  NE may be cleared outside VMX operation: the real CR0 keeps it.
+            if value >> 32 or (value & CR0_PG and not value & CR0_PE) or (value & CR0_NW and not value & CR0_CD):
+                return self.queue_exception(Vector.GP, 0)
+            if not value & CR0_PG:
+                if self.vmread(F.GUEST_CS_AR_BYTES) & AR_L:
+                    return self.queue_exception(Vector.GP, 0)
+                return self.crash(f"guest left IA-32e mode (CR0 {value:#x}), which this platform does not model")
             self.vmwrite(F.CR0_READ_SHADOW, value)
-            self.vmwrite(F.GUEST_CR0, value & ~(CR0_NW | CR0_CD) | self.vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD))
+            real = value & ~(CR0_NW | CR0_CD) | self.vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD)
+            self.vmwrite(F.GUEST_CR0, real | CR0_NE)
         else:
             if not value & CR4_PAE:
                 return self.queue_exception(Vector.GP, 0)  # clearing CR4.PAE in IA-32e mode

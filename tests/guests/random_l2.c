@@ -1,0 +1,69 @@
+/* Runs random L2 code: the test places (u64 length, bytes) at 8 MiB.  L2 lives in a 2 MiB
+ * sandbox (L1's 16-18 MiB, L2 guest-physical 0-2 MiB by L1's EPT): its own page tables, GDT and
+ * stack, and the code at 0x10000 followed by VMCALL.  Every exception exits to L1, RDTSC/RDPMC too
+ * (their values would differ between runs).  L1 handles up to 24 exits: an instruction that
+ * exits is skipped and L2 resumes; any other exit, or VMCALL, ends the run.  Each exit is
+ * printed, so that runs can be compared. */
+#include <vmx.h>
+
+static u8 vmxon_region[4096] __attribute__((aligned(4096)));
+static u8 vmcs[4096] __attribute__((aligned(4096)));
+static u64 ept_pml4[512] __attribute__((aligned(4096)));
+static u64 ept_pdpt[512] __attribute__((aligned(4096)));
+static u64 ept_pd[512] __attribute__((aligned(4096)));
+static struct guest_regs g;
+#define SANDBOX (16ull << 20)
+#define CODE 0x10000ull
+#define BLOB 0x800000ull
+
+static int skipped(u64 reason) {
+    switch (reason) {
+    case 10: case 11: case 12: case 13: case 14: case 15: case 16:  /* CPUID GETSEC HLT INVD INVLPG RDPMC RDTSC */
+    case 19: case 20: case 21: case 22: case 23: case 24: case 25: case 26: case 27:  /* VMX instructions */
+    case 28: case 30: case 31: case 32: case 36: case 39: case 40:  /* CR, I/O, MSRs, MWAIT, MONITOR, PAUSE */
+    case 46: case 47: case 50: case 53: case 54: case 55:  /* descriptor tables, INVEPT, INVVPID, WBINVD, XSETBV */
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int main(void) {
+    u32 rev = (u32)rdmsr(0x480) & 0x7fffffff;
+    *(u32 *)vmxon_region = rev; *(u32 *)vmcs = rev;
+    vmx_setup_descriptors();
+    vmx_enable_cr();
+    u64 pa = (u64)vmxon_region;
+    must(vmxon(&pa), "VMXON failed");
+    pa = (u64)vmcs;
+    must(vmclear(&pa) | vmptrld(&pa), "VMCLEAR/VMPTRLD failed");
+    u64 *sandbox = (u64 *)SANDBOX;
+    for (u64 i = 0; i < (2 << 20) / 8; i++) sandbox[i] = 0;
+    sandbox[0x1000 / 8] = 0x2000 | 3;  /* L2's page tables: linear 0-2 MiB = guest-physical 0-2 MiB */
+    sandbox[0x2000 / 8] = 0x3000 | 3;
+    sandbox[0x3000 / 8] = 0x83;
+    for (int i = 0; i < 5; i++) sandbox[0x4000 / 8 + i] = vmx_gdt[i];
+    u64 n = *(u64 *)BLOB > 4096 ? 4096 : *(u64 *)BLOB;
+    u8 *code = (u8 *)(SANDBOX + CODE);
+    for (u64 i = 0; i < n; i++) code[i] = ((u8 *)(BLOB + 8))[i];
+    code[n] = 0x0f; code[n + 1] = 0x01; code[n + 2] = 0xc1;  /* vmcall */
+    ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
+    ept_pd[0] = SANDBOX | 1 << 7 | 6 << 3 | 7;
+    vmx_setup_vmcs(1u << 7 | 1u << 11 | 1u << 12 | 1u << 24, (u64)ept_pml4 | 3 << 3 | 6, 0, (void *)CODE,
+                   (void *)0x1f0000);  /* HLT, RDPMC, RDTSC exiting; unconditional I/O exiting */
+    vmw(GUEST_CR3, 0x1000);
+    vmw(GUEST_GDTR_BASE, 0x4000);
+    vmw(EXCEPTION_BITMAP, 0xffffffff);
+    for (int i = 0; i < 24; i++) {
+        u64 r = vmx_run(i == 0, &g);
+        if (r) { puts("entry failed "); put_hex(r); putc('\n'); break; }
+        u64 reason = vmr(VM_EXIT_REASON), rip = vmr(GUEST_RIP), len = vmr(VM_EXIT_INSTRUCTION_LEN);
+        u64 qual = vmr(EXIT_QUALIFICATION), info = vmr(0x4404 /* VM_EXIT_INTR_INFO */);
+        puts("exit "); put_dec(reason & 0xffff); puts(reason >> 31 ? " failed" : ""); puts(" rip "); put_hex(rip);
+        puts(" qual "); put_hex(qual); puts(" info "); put_hex(info); putc('\n');
+        if (reason == 18 || !skipped(reason & 0xffff)) break;
+        vmw(GUEST_RIP, rip + len);
+    }
+    puts("END\n");
+    return 0;
+}
