@@ -1,9 +1,8 @@
 /* Runs random L2 code: the test places (u64 length, bytes) at 8 MiB.  L2 lives in a 2 MiB
  * sandbox (L1's 16-18 MiB, L2 guest-physical 0-2 MiB by L1's EPT): its own page tables, GDT and
- * stack, and the code at 0x10000 followed by VMCALL.  Every exception exits to L1, RDTSC/RDPMC too
- * (their values would differ between runs).  L1 handles up to 24 exits: an instruction that
- * exits is skipped and L2 resumes; any other exit, or VMCALL, ends the run.  Each exit is
- * printed, so that runs can be compared. */
+ * stack, and the code at 0x10000 followed by VMCALL.  Every exception exits to L1, RDTSC too.  L1 handles up to 24 exits: an instruction that
+ * exits is skipped and L2 resumes; any other exit, or VMCALL, ends the run.  It prints each exit
+ * reason and, at the end, a hash of everything the exits reported, so that runs can be compared. */
 #include <vmx.h>
 
 static u8 vmxon_region[4096] __attribute__((aligned(4096)));
@@ -49,21 +48,22 @@ int main(void) {
     code[n] = 0x0f; code[n + 1] = 0x01; code[n + 2] = 0xc1;  /* vmcall */
     ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
     ept_pd[0] = SANDBOX | 1 << 7 | 6 << 3 | 7;
-    vmx_setup_vmcs(1u << 7 | 1u << 11 | 1u << 12 | 1u << 24, (u64)ept_pml4 | 3 << 3 | 6, 0, (void *)CODE,
-                   (void *)0x1f0000);  /* HLT, RDPMC, RDTSC exiting; unconditional I/O exiting */
+    vmx_setup_vmcs(1u << 7 | 1u << 12 | 1u << 24, (u64)ept_pml4 | 3 << 3 | 6, 0, (void *)CODE,
+                   (void *)0x1f0000);  /* HLT, RDTSC exiting; unconditional I/O exiting */
     vmw(GUEST_CR3, 0x1000);
     vmw(GUEST_GDTR_BASE, 0x4000);
     vmw(EXCEPTION_BITMAP, 0xffffffff);
+    u64 hash = 0;
     for (int i = 0; i < 24; i++) {
         u64 r = vmx_run(i == 0, &g);
         if (r) { puts("entry failed "); put_hex(r); putc('\n'); break; }
         u64 reason = vmr(VM_EXIT_REASON), rip = vmr(GUEST_RIP), len = vmr(VM_EXIT_INSTRUCTION_LEN);
-        u64 qual = vmr(EXIT_QUALIFICATION), info = vmr(0x4404 /* VM_EXIT_INTR_INFO */);
-        puts("exit "); put_dec(reason & 0xffff); puts(reason >> 31 ? " failed" : ""); puts(" rip "); put_hex(rip);
-        puts(" qual "); put_hex(qual); puts(" info "); put_hex(info); putc('\n');
+        u64 exit_info[] = {reason, rip, len, vmr(EXIT_QUALIFICATION), vmr(0x4404), vmr(0x4406), g.rax, g.rcx};
+        for (int k = 0; k < 8; k++) hash = (hash ^ exit_info[k]) * 0x100000001b3ull;  /* FNV-1a style */
+        put_dec(reason & 0xffff); putc(reason >> 31 ? '!' : ' ');
         if (reason == 18 || !skipped(reason & 0xffff)) break;
         vmw(GUEST_RIP, rip + len);
     }
-    puts("END\n");
+    puts("\nhash "); put_hex(hash); puts("\nEND\n");
     return 0;
 }

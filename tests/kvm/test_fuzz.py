@@ -42,7 +42,7 @@ def _campaign():
     return module
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rng=st.randoms(use_true_random=False))
 def test_random_l2_code_is_handled_alike_everywhere(rng) -> None:
     """Random L2 code (random bytes and exiting instructions, the campaign's generator driven by

@@ -6,6 +6,7 @@ import enum
 
 
 class Msr(enum.IntEnum):
+    IA32_TIME_STAMP_COUNTER = 0x10
     IA32_FEATURE_CONTROL = 0x3A
     IA32_SYSENTER_CS = 0x174
     IA32_SYSENTER_ESP = 0x175

@@ -65,7 +65,7 @@ _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
 # before them): code hooks stop the guest in front of each.
-_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, *_IO}
+_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, *_IO}
 _MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
 _CR_NUMBER = {
     iced_x86.Register.CR0: 0,
@@ -77,6 +77,8 @@ _CR_NUMBER = {
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 _CR0_TS = 1 << 3
+_CR4_TSD = 1 << 2
+_IA32_TSC_AUX = 0xC000_0103
 
 
 # Unicorn never delivers exceptions, so QEMU's record of the exception in progress is never
@@ -191,6 +193,8 @@ class Engine:
         self.cpu = cpu
         self.shared = shared or SharedCode()
         self.executed = 0  # guest instructions of all runs
+        self.tsc_base = 0  # the time-stamp counter is tsc_base + instructions executed (see _rdtsc)
+        self._run_start = 0  # the running context's instruction count when this run began
         self.host_ptr = ctypes.addressof(ctypes.c_char.from_buffer(cpu.memory.buffer))
         self.contexts: dict[int | None, GuestContext] = {}
         self.retired_instructions: dict[int | None, int] = {}
@@ -201,6 +205,10 @@ class Engine:
         cpu.on_invalidate = self._on_invalidate
 
     # ------------------------------------------------------------ public
+
+    def tsc(self) -> int:
+        """The processor's time-stamp counter between runs (IA32_TIME_STAMP_COUNTER)."""
+        return self.tsc_base + self.executed
 
     def instruction_counts(self) -> dict[int | None, int]:
         """Guest instructions executed, by EPT pointer (i.e. by guest), including dropped contexts."""
@@ -226,13 +234,13 @@ class Engine:
             ctx.uc.ctl_flush_tb()
             ctx.scanned.clear()
         self.ctx = self.shared.last = ctx
-        start = ctx.counter.count
-        ctx.counter.limit = start + timer if timer else 0
+        self._run_start = ctx.counter.count
+        ctx.counter.limit = self._run_start + timer if timer else 0
         try:
             return self._run(ctx)
         finally:
             ctx.counter.limit = 0
-            self.executed += ctx.counter.count - start
+            self.executed += ctx.counter.count - self._run_start
 
     def _run(self, ctx: GuestContext) -> VmExit:
         cpu = self.cpu
@@ -541,6 +549,8 @@ class Engine:
             return self._exit(ExitReason.CPUID, length=ins.len)
         if ins.mnemonic in _IO:
             return self._io_instruction(ins)
+        if ins.mnemonic in (_M.RDTSC, _M.RDTSCP):
+            return self._rdtsc(ins, f)
         if ins.mnemonic in (iced_x86.Mnemonic.RDMSR, iced_x86.Mnemonic.WRMSR):
             write = ins.mnemonic == iced_x86.Mnemonic.WRMSR
             if self._msr_exits(s.gpr[1] & 0xFFFF_FFFF, write):
@@ -548,6 +558,31 @@ class Engine:
             self.skip_special = rip  # let Unicorn execute it
             return None
         return self._cr_access(ins, f)
+
+    def _rdtsc(self, ins, f: dict[int, int]) -> VmExit | None:
+        """RDTSC/RDTSCP (SDM §26.1.3, Vol. 2B): an exit with RDTSC exiting, else the time-stamp
+        counter, which here counts the instructions this processor has run (Unicorn would give the
+        host's clock, and runs would not repeat), plus the TSC offset where the VMCS applies one."""
+        s = self.cpu.state
+        primary = f[F.CPU_BASED_VM_EXEC_CONTROL]
+        rdtscp = ins.mnemonic == _M.RDTSCP
+        if rdtscp and not (
+            primary & P.ACTIVATE_SECONDARY_CONTROLS and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & S.ENABLE_RDTSCP
+        ):
+            return self._exception(Vector.UD)
+        if s.cr4 & _CR4_TSD and s.cpl > 0:
+            return self._exception(Vector.GP, 0)
+        if primary & P.RDTSC_EXITING:
+            return self._exit(ExitReason.RDTSCP if rdtscp else ExitReason.RDTSC, length=ins.len)
+        tsc = self.tsc() + self.ctx.counter.count - self._run_start
+        if primary & P.USE_TSC_OFFSETTING:
+            tsc += f[F.TSC_OFFSET]
+        tsc &= 0xFFFF_FFFF_FFFF_FFFF
+        s.gpr[0], s.gpr[2] = tsc & 0xFFFF_FFFF, tsc >> 32
+        if rdtscp:
+            s.gpr[1] = s.msrs.get(_IA32_TSC_AUX, 0) & 0xFFFF_FFFF
+        s.rip += ins.len
+        return None
 
     def _msr_exits(self, index: int, write: bool) -> bool:
         f = self.cpu.current.fields

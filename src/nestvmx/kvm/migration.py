@@ -52,6 +52,7 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
         "mp_state": "halted" if vcpu.halted else "runnable",  # KVM_GET_MP_STATE
         "regs": list(vcpu.regs),  # RSP is in the VMCS (its slot is unused)
         "cr2": vcpu.cr2,
+        "tsc": vcpu.engine.tsc(),  # KVM_GET_MSRS' IA32_TSC: the guest's counter goes on from here
         "msrs": {str(index): value for index, value in vcpu.guest_msrs.items()},
         "vmcs01": vmcs01,
         "events": events,
@@ -77,6 +78,7 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
         run_pending = bool(nested_state["nested_run_pending"])
         mp_state = state.get("mp_state", "runnable")
         loaded_regs, loaded_cr2 = [_u64(r, "register") for r in regs], _u64(cr2, "CR2")
+        tsc = _u64(state.get("tsc", 0), "TSC")
         loaded_msrs = {int(index): _u64(value, "MSR value") for index, value in msrs.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise MigrationError(f"malformed vCPU state ({type(err).__name__}: {err})") from None
@@ -85,6 +87,7 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
     if mp_state not in ("runnable", "halted"):
         raise MigrationError(f"malformed vCPU state: mp_state {mp_state!r}")
     vcpu.halted = mp_state == "halted"
+    vcpu.engine.tsc_base = tsc - vcpu.engine.executed
     _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
     vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, loaded_cr2, loaded_msrs
     nested = vcpu.nested

@@ -15,6 +15,7 @@ from nestvmx.kvm.vmcs12 import VMCS12_REVISION, VMCS12_SIZE
 NESTED_PIN = PinBased.EXT_INTR_EXITING | PinBased.NMI_EXITING
 NESTED_PRIMARY = (
     PrimaryCtls.HLT_EXITING
+    | PrimaryCtls.RDTSC_EXITING
     | PrimaryCtls.CR3_LOAD_EXITING
     | PrimaryCtls.CR3_STORE_EXITING
     | PrimaryCtls.CR8_LOAD_EXITING

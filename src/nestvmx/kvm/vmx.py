@@ -363,10 +363,11 @@ class VmxVcpu:
         0xC0000084: 0,
         0xC0000103: 0,
         0x1A0: 1,
-        0x10: 0,
-    }  # STAR, LSTAR, CSTAR, FMASK, TSC_AUX, MISC_ENABLE, TSC
+    }  # STAR, LSTAR, CSTAR, FMASK, TSC_AUX, MISC_ENABLE
 
     def get_msr(self, index: int) -> int | None:
+        if index == Msr.IA32_TIME_STAMP_COUNTER:
+            return self.engine.tsc()
         if index in self.guest_msrs:
             return self.guest_msrs[index]
         if Msr.IA32_VMX_BASIC <= index <= Msr.IA32_VMX_VMFUNC:
@@ -376,6 +377,9 @@ class VmxVcpu:
         return self._SOFTWARE_MSRS.get(index)
 
     def set_msr(self, index: int, value: int) -> bool:
+        if index == Msr.IA32_TIME_STAMP_COUNTER:  # moves the counter (KVM adjusts the TSC offset)
+            self.engine.tsc_base += value - self.engine.tsc()
+            return True
         if index == Msr.IA32_EFER:
             if value & ~0xD01:  # SCE, LME, LMA, NXE
                 return False
