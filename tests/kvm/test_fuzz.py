@@ -59,3 +59,9 @@ def _random_l2_program():
     from nestvmx.guests.build import build_guest
 
     return build_guest([ROOT / "tests" / "guests" / "random_l2.c"])
+
+
+def test_short_vmcs12_fuzz_run_finds_nothing() -> None:
+    result = _run("fuzz_vmcs12.py", "-runs=150", "-seed=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done 150 runs" in result.stderr

@@ -255,7 +255,13 @@ class Engine:
             exit = self._map_descriptors(ctx)
             if exit is not None:
                 return exit
-            load_into_unicorn(ctx.regs, cpu.state)
+            try:
+                load_into_unicorn(ctx.regs, cpu.state)
+            except UcError as err:  # Unicorn checks a loaded selector against its GDT descriptor
+                raise EngineError(
+                    f"the model cannot load the guest's segment registers at RIP {cpu.state.rip:#x}: a selector's "
+                    f"GDT descriptor does not fit it ({err}); a VM entry takes them from the VMCS"
+                ) from err
             _reset_exception_state(ctx.uc)
             self.stop = None
             self.cr2_before_run = cpu.state.cr2
