@@ -101,3 +101,15 @@ def test_l2_gdt_outside_ept12_does_not_crash_the_model() -> None:
     result = vm.run(max_exits=5000)
     assert (result.outcome, result.status) == ("exit", 0), result.message
     assert result.console == "L2 exit reason 48 guest-physical 0x0000000001000008\n"
+
+
+@pytest.mark.parametrize("cpu, shadow", [("haswell", True), ("haswell", False), ("sandybridge", None)])
+def test_vm_exit_msr_load_failure_is_a_vmx_abort(cpu: str, shadow: bool | None) -> None:
+    vm = Host(cpu, shadow).create_vm()
+    program = build_guest([GUESTS / "vmx_abort.c"])
+    vm.load(program)
+    result = vm.run(max_exits=5000)
+    assert result.outcome == "crash" and result.console == ""
+    assert result.message.startswith("guest crashed: VMX abort 4 (loading VM-exit MSR-load entry 1 failed)")
+    vmptr = vm.kvm.vcpus[0].nested.current_vmptr
+    assert int.from_bytes(vm.l1_memory()[vmptr + 4 : vmptr + 8], "little") == 4  # the VMX-abort indicator

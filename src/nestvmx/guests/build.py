@@ -48,7 +48,9 @@ def build_minivisor(workload: str, iterations: int, footprint: str = DEFAULT_FOO
     text = c_header(FOOTPRINTS[footprint])
     if not header.exists() or header.read_text() != text:
         header.parent.mkdir(parents=True, exist_ok=True)
-        header.write_text(text)
+        tmp = header.with_suffix(f".{os.getpid()}.tmp")  # other processes may be reading it
+        tmp.write_text(text)
+        tmp.replace(header)
     return build_guest(
         [MINIVISOR / "minivisor.c"],
         {"WORKLOAD": L2_WORKLOADS[workload], "ITERATIONS": iterations, "VCPUS": vcpus},

@@ -53,7 +53,7 @@ from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
-from nestvmx.kvm.vmcs12 import VMCS12_REVISION, VMCS12_SIZE, Vmcs12
+from nestvmx.kvm.vmcs12 import ABORT_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
 from nestvmx.kvm.vmcs_shadow_fields import SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
 
 if TYPE_CHECKING:
@@ -110,6 +110,9 @@ _ALWAYS_REFLECTED = {
     ExitReason.INVALID_GUEST_STATE,
 }
 _VPID02 = 2
+_IA32_SMM_MONITOR_CTL = 0x9B
+VMX_ABORT_SAVE_GUEST_MSR_FAIL = 1  # VMX-abort indicators (SDM §28.7)
+VMX_ABORT_LOAD_HOST_MSR_FAIL = 4
 EPT02_MAX_PAGES = 256  # table pages of one vCPU's EPT02 (1 MiB of L0's memory)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
@@ -595,20 +598,35 @@ class NestedVmx:
             return None
         failure = vmentry.check_guest_state(self.model, f, self.l1_memory, self.current_vmptr)
         if failure:
-            self.entry_failure(ExitReason.INVALID_GUEST_STATE, failure[1])
-            return None
+            return self.entry_failure(ExitReason.INVALID_GUEST_STATE, failure[1])
         bad_msr = self._load_msrs(f[F.VM_ENTRY_MSR_LOAD_ADDR], f[F.VM_ENTRY_MSR_LOAD_COUNT])
         if bad_msr is not None:
-            self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
-            return None
+            return self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
         v.skip_emulated_instruction()  # L1 resumes after VMLAUNCH/VMRESUME at its next nested exit
         self.prepare_vmcs02(launch)
         return None
 
+    def _msr_area_limit(self) -> int:
+        """The recommended maximum of an MSR area, 512 × (IA32_VMX_MISC[27:25] + 1) (SDM A.6); KVM
+        fails the load or store at that index (nested_vmx_load_msr), which bounds L0's work."""
+        return 512 * (((self.model.msrs[Msr.IA32_VMX_MISC] >> 25) & 7) + 1)
+
+    def _store_msrs(self, address: int, count: int) -> int | None:
+        """The VM-exit MSR-store area (SDM §28.4): L2's MSR values, while vmcs02 is current (KVM's
+        nested_vmx_store_msr); the 1-based index of the first entry that fails, or None."""
+        for i in range(count):
+            entry = address + 16 * i
+            index, reserved = self.l1_memory.read_bus(entry, 4), self.l1_memory.read_bus(entry + 4, 4)
+            value = None
+            if i < self._msr_area_limit() and not reserved and index >> 8 != 0x8 and index != _IA32_SMM_MONITOR_CTL:
+                value = self.vcpu.get_msr(index)
+            if value is None:
+                return i + 1
+            self.l1_memory.write_bus(entry + 8, 8, value)
+        return None
+
     def _load_msrs(self, address: int, count: int) -> int | None:
-        # The recommended maximum, 512 × (IA32_VMX_MISC[27:25] + 1) (SDM A.6); KVM fails the load
-        # at that index (nested_vmx_load_msr), which also bounds L0's work for a huge count.
-        max_entries = 512 * (((self.model.msrs[Msr.IA32_VMX_MISC] >> 25) & 7) + 1)
+        max_entries = self._msr_area_limit()
         for i in range(count):
             if i >= max_entries:
                 return i + 1
@@ -619,14 +637,14 @@ class NestedVmx:
                 return i + 1
         return None
 
-    def entry_failure(self, reason: int, qualification: int) -> None:
+    def entry_failure(self, reason: int, qualification: int) -> RunEnd | None:
         """nested_vmx_entry_failure: L1 sees a VM-entry failure exit of vmcs12 (SDM §27.8)."""
         vmcs12 = self.vmcs12
         vmcs12[F.VM_EXIT_REASON] = EXIT_REASON_FAILED_VMENTRY | reason
         vmcs12[F.EXIT_QUALIFICATION] = qualification
-        self.load_vmcs12_host_state()
         self.vcpu.stats.nested_vmexits += 1
         self.sync_shadow_vmcs = self.shadow_vmcs is not None
+        return self.load_vmcs12_host_state()
 
     def prepare_vmcs02(self, launch: bool) -> None:
         """Build vmcs02 from vmcs12 and L0's own needs, then make it current."""
@@ -731,19 +749,19 @@ class NestedVmx:
         self.ept02 = None
         self.ept02_source = None
 
-    def vmcs02_entry_failed(self, result: int | VmExit) -> None:
+    def vmcs02_entry_failed(self, result: int | VmExit) -> RunEnd | None:
         """The processor refused vmcs02 although vmcs12 passed L0's checks: L1 sees the failure."""
         v = self.vcpu
         v.stats.nested_vmentries -= 1
         if isinstance(result, VmExit):
-            self.entry_failure(result.basic_reason, result.qualification)
-            return
+            return self.entry_failure(result.basic_reason, result.qualification)
         self.load_vmcs(v.vmcs01)
         self.guest_mode = False
         self.vmcs12.launched = False
         self.vmcs12[F.VM_INSTRUCTION_ERROR] = result if result > 0 else VmxError.ENTRY_INVALID_CONTROL_FIELD
         self._set_rflags(RFLAGS_ZF)  # RIP already points past VMLAUNCH/VMRESUME
         self.sync_shadow_vmcs = self.shadow_vmcs is not None
+        return None
 
     def handle_ept_violation_l2(self) -> RunEnd | None:
         """An L2 access EPT02 does not allow: fill EPT02 from EPT12, or reflect to L1."""
@@ -910,7 +928,7 @@ class NestedVmx:
         if intr_info is not None:
             vmcs12[F.VM_EXIT_INTR_INFO], vmcs12[F.VM_EXIT_INTR_ERROR_CODE] = intr_info, intr_error_code
         self.sync_vmcs02_to_vmcs12()
-        self.load_vmcs12_host_state()
+        bad_store = self._store_msrs(vmcs12[F.VM_EXIT_MSR_STORE_ADDR], vmcs12[F.VM_EXIT_MSR_STORE_COUNT])
         v.stats.nested_vmexits += 1
         self.sync_shadow_vmcs = self.shadow_vmcs is not None
         if v.kvm.trace:
@@ -918,7 +936,17 @@ class NestedVmx:
                 f"kvm_nested_vmexit: vcpu {v.vcpu_id} reason {ExitReason(reason & 0xFFFF).name} "
                 f"rip {vmcs12[F.GUEST_RIP]:#x} info1 {vmcs12[F.EXIT_QUALIFICATION]:#x}"
             )
-        return None
+        if bad_store is not None:
+            self.load_vmcs12_host_state()
+            return self.vmx_abort(VMX_ABORT_SAVE_GUEST_MSR_FAIL, f"storing MSR-store entry {bad_store} failed")
+        return self.load_vmcs12_host_state()
+
+    def vmx_abort(self, indicator: int, why: str) -> RunEnd:
+        """A VMX abort (SDM §28.7): the indicator goes into the vmcs12 region and L1's processor shuts
+        down (KVM's nested_vmx_abort: a triple fault of L1)."""
+        self.vmcs12.abort = indicator
+        self.l1_memory.write_bus(self.current_vmptr + ABORT_OFFSET, 4, indicator)
+        return self.vcpu.crash(f"guest crashed: VMX abort {indicator} ({why})")
 
     def sync_vmcs02_to_vmcs12(self) -> None:
         v, vmcs12 = self.vcpu, self.vmcs12
@@ -939,7 +967,7 @@ class NestedVmx:
             f[F.VM_ENTRY_CONTROLS] &= ~EntryCtls.IA32E_MODE_GUEST
         f[F.VM_ENTRY_INTR_INFO_FIELD] &= ~INTR_INFO_VALID
 
-    def load_vmcs12_host_state(self) -> None:
+    def load_vmcs12_host_state(self) -> RunEnd | None:
         """Switch back to vmcs01 and give L1 the host state of vmcs12 (SDM §28.5, KVM's function)."""
         v, f = self.vcpu, self.vmcs12.fields
         if v.cpu.current_vmcs != v.vmcs01:
@@ -999,4 +1027,7 @@ class NestedVmx:
         values[F.GUEST_FS_BASE], values[F.GUEST_GS_BASE] = f[F.HOST_FS_BASE], f[F.HOST_GS_BASE]
         for field, value in values.items():
             v.vmwrite(field, value)
-        self._load_msrs(f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT])
+        bad_msr = self._load_msrs(f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT])
+        if bad_msr is not None:
+            return self.vmx_abort(VMX_ABORT_LOAD_HOST_MSR_FAIL, f"loading VM-exit MSR-load entry {bad_msr} failed")
+        return None

@@ -218,8 +218,7 @@ class VmxVcpu:
                 if isinstance(result, VmExit):  # L1's guest state (e.g. a hand-edited snapshot): KVM_EXIT_FAIL_ENTRY
                     return RunEnd("crash", 0, f"VM entry failed: {self.cpu.last_entry_check}")
                 raise L0Bug(f"VM entry of vmcs01 failed: {result} ({self.cpu.last_entry_check})")
-            self.nested.vmcs02_entry_failed(result)  # a vmcs12 the processor refuses after all
-            return None
+            return self.nested.vmcs02_entry_failed(result)  # a vmcs12 the processor refuses after all
         self.launched.add(current)
         try:
             self.engine.run(timer)
