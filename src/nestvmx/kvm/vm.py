@@ -8,7 +8,9 @@ switching only at VM-exit boundaries, so a run is deterministic (docs/architectu
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +23,10 @@ from nestvmx.kvm.vmx import L0Bug, RunEnd, VmxVcpu
 MAX_VCPUS = 32  # their stacks (platform.initial_rsp) stay above the platform's tables
 L0_AREA_PER_VCPU = 4 << 20  # L0's private host memory above the guest's: VMXON regions, VMCSs, EPT tables
 DEFAULT_SLICE = 10_000  # guest instructions per turn
+# A VM and its Unicorn instances form reference cycles, and the cycle collector counts objects,
+# not the megabytes behind them: past this many VMs not yet freed, creating one collects first.
+_UNCOLLECTED_VMS = 4
+_vms: weakref.WeakSet[Kvm] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class Kvm:
     ) -> None:
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ValueError(f"a VM has 1 to {MAX_VCPUS} vCPUs, not {vcpus}")
+        if len(_vms) >= _UNCOLLECTED_VMS:
+            gc.collect()
+        _vms.add(self)
         self.model = model
         # KVM's module parameter, honoured only where the processor can shadow (cpu_has_vmx_shadow_vmcs:
         # secondary control bit 14 and IA32_VMX_MISC bit 29, to VMWRITE the exit fields into the shadow).
