@@ -97,7 +97,7 @@ def test_a_spinning_vcpu_is_preempted_by_the_host_timer(tmp_path: Path) -> None:
         'for (volatile int i = 0; i < 50000; i++) {}\nputs("done\\n"); return 7;',
     )
     result = _run(program, 2, schedule="rr:1000")
-    assert (result.outcome, result.status, result.console) == ("exit", 7, "done\n")
+    assert (result.outcome, result.status, result.console, result.message) == ("exit", 7, "done\n", "")
     timer = [v["l0_exits"]["by_reason"].get("EXTERNAL_INTERRUPT", 0) for v in result.stats["vcpus"]]
     assert all(t > 10 for t in timer)
 

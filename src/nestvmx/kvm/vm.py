@@ -132,7 +132,9 @@ class Kvm:
                     vcpu.halted = True  # KVM_MP_STATE_HALTED: nothing will wake it, the others go on
                     self._next_turn()
                     continue
-                return RunEnd(end.outcome, end.status, f"vCPU {vcpu.vcpu_id}: {end.message}") if smp else end
+                if smp and end.message:
+                    return RunEnd(end.outcome, end.status, f"vCPU {vcpu.vcpu_id}: {end.message}")
+                return end
             if smp:
                 self.turn_instructions += vcpu.engine.executed - before
                 self.turn_exits += 1
