@@ -23,6 +23,10 @@ from nestvmx.kvm.vmx import L0Bug, RunEnd, VmxVcpu
 MAX_VCPUS = 32  # their stacks (platform.initial_rsp) stay above the platform's tables
 L0_AREA_PER_VCPU = 4 << 20  # L0's private host memory above the guest's: VMXON regions, VMCSs, EPT tables
 DEFAULT_SLICE = 10_000  # guest instructions per turn
+# A lone vCPU still gets the host's timer tick: every 3,000,000 guest instructions without an
+# exit (1 ms at 3 GHz and one instruction a cycle, Linux's HZ=1000), so that limits such as
+# --timeout also end a guest that never exits.
+HOST_TICK = 3_000_000
 # A VM and its Unicorn instances form reference cycles, and the cycle collector counts objects,
 # not the megabytes behind them: past this many VMs not yet freed, creating one collects first.
 _UNCOLLECTED_VMS = 4
@@ -126,7 +130,7 @@ class Kvm:
                 return RunEnd("limit", 0, "stopped at the time limit")
             vcpu = self.vcpus[self.current]
             before = vcpu.engine.executed
-            end = vcpu.run_once(max(1, 2 * self.schedule.slice - self.turn_instructions) if smp else None)
+            end = vcpu.run_once(max(1, 2 * self.schedule.slice - self.turn_instructions) if smp else HOST_TICK)
             if end is not None:
                 if end.halted and any(not v.halted for v in self.vcpus if v is not vcpu):
                     vcpu.halted = True  # KVM_MP_STATE_HALTED: nothing will wake it, the others go on
