@@ -156,6 +156,18 @@ def test_timeout_ends_a_runaway_guest_with_limit_and_statistics(tmp_path: Path) 
     assert s["outcome"] == "limit" and s["l0_exits"]["total"] > 0
 
 
+def test_timeout_ends_a_guest_that_never_exits(tmp_path: Path) -> None:
+    """The host's timer tick (an external-interrupt exit every 3,000,000 instructions) gives L0 the
+    chance to check the limit."""
+    source, stats = tmp_path / "spin.c", tmp_path / "s.json"
+    source.write_text("#include <nestvmx.h>\nint main(void) { for (;;) {} }\n")
+    result = run_cli(str(source), "--timeout", "0.5", "--stats-json", str(stats))
+    assert result.exit_code == STATUS_LIMIT and "stopped at the time limit" in result.output
+    s = json.loads(stats.read_text())
+    assert s["l0_exits"]["by_reason"]["EXTERNAL_INTERRUPT"] >= 1
+    assert s["instructions"]["l1"] >= 3_000_000 * s["l0_exits"]["by_reason"]["EXTERNAL_INTERRUPT"]
+
+
 def test_trace_has_one_kvm_exit_line_per_exit(tmp_path: Path) -> None:
     trace, stats = tmp_path / "t.txt", tmp_path / "s.json"
     assert run_cli(str(EXAMPLES / "hello.c"), "--trace", str(trace), "--stats-json", str(stats)).exit_code == 0

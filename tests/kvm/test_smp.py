@@ -78,7 +78,7 @@ def test_runs_are_deterministic(schedule: str) -> None:
     assert _without_wall(first.stats) == _without_wall(second.stats)
 
 
-def test_one_vcpu_has_no_timer_and_no_switches() -> None:
+def test_a_lone_vcpu_that_exits_often_never_sees_the_tick() -> None:
     stats = _run(build_minivisor("cpuid", 20, "kvm"), 1).stats
     assert "EXTERNAL_INTERRUPT" not in stats["l0_exits"]["by_reason"]
 
