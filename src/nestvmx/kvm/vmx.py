@@ -1,6 +1,6 @@
 """L0 as a single-level hypervisor: KVM's vmx.c for an ordinary guest.
 
-One vCPU runs its guest (L1) on vmcs01.  L0 touches vmcs01 only with the processor model's
+Each vCPU runs its guest (L1) on its own vmcs01.  L0 touches vmcs01 only with the processor model's
 VMX instructions (VMPTRLD/VMREAD/VMWRITE/VMLAUNCH/VMRESUME) and learns about every exit only
 from the VM-exit information fields, as KVM does.
 """
