@@ -2,17 +2,10 @@
  * entry to the same PD, and most PD entries to one page table whose 512 leaves all map one
  * page, `target` (some 10^10 leaves in all).  L0 must not walk it as a whole; L2 then touches
  * 1024 distinct pages, all aliases of `target`, and L1 checks what L2 wrote there. */
-#include <vmx.h>
+#include "l1.h"
 
-static u8 vmxon_region[4096] __attribute__((aligned(4096)));
-static u8 vmcs[4096] __attribute__((aligned(4096)));
-static u64 ept_pml4[512] __attribute__((aligned(4096)));
-static u64 ept_pdpt[512] __attribute__((aligned(4096)));
-static u64 ept_pd[512] __attribute__((aligned(4096)));
 static u64 ept_pt[512] __attribute__((aligned(4096)));
 static volatile u64 target[512] __attribute__((aligned(4096)));
-static u8 l2_stack[8192] __attribute__((aligned(16)));
-static struct guest_regs g;
 
 #define ALIASES (32ull << 20)  /* L2 guest-physical 32 MiB on: all aliases of target */
 static void l2_main(void) {
@@ -22,14 +15,7 @@ static void l2_main(void) {
 }
 
 int main(void) {
-    u32 rev = (u32)rdmsr(0x480) & 0x7fffffff;
-    *(u32 *)vmxon_region = rev; *(u32 *)vmcs = rev;
-    vmx_setup_descriptors();
-    vmx_enable_cr();
-    u64 pa = (u64)vmxon_region;
-    if (vmxon(&pa)) return 1;
-    pa = (u64)vmcs;
-    if (vmclear(&pa) || vmptrld(&pa)) return 2;
+    if (l1_start()) return 1;
     for (int i = 0; i < 512; i++) {
         ept_pml4[i] = (u64)ept_pdpt | 7;
         ept_pdpt[i] = (u64)ept_pd | 7;

@@ -1,15 +1,8 @@
 /* L1's EPT maps an L2 page to an address past L1's RAM; L2 then writes to it.  L0 has no memory
  * to back it (KVM would hand such an access to the VMM as MMIO): the run must end with a clear
  * message and L0's own memory untouched. */
-#include <vmx.h>
+#include "l1.h"
 
-static u8 vmxon_region[4096] __attribute__((aligned(4096)));
-static u8 vmcs[4096] __attribute__((aligned(4096)));
-static u64 ept_pml4[512] __attribute__((aligned(4096)));
-static u64 ept_pdpt[512] __attribute__((aligned(4096)));
-static u64 ept_pd[512] __attribute__((aligned(4096)));
-static u8 l2_stack[8192] __attribute__((aligned(16)));
-static struct guest_regs g;
 extern char l2_touch[];
 
 __asm__(".text\n"
@@ -25,10 +18,9 @@ int main(void) {
     if (vmxon(&pa)) return 1;
     pa = (u64)vmcs;
     if (vmclear(&pa) || vmptrld(&pa)) return 2;
-    for (u64 i = 0; i < 16; i++) ept_pd[i] = (i << 21) | 1 << 7 | 6 << 3 | 7;
     ept_pd[16] = (1ull << 35) | 1 << 7 | 6 << 3 | 7;  /* L2's 32 MiB -> past L1's RAM */
-    ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
-    vmx_setup_vmcs(0, (u64)ept_pml4 | 3 << 3 | 6, 0, l2_touch, l2_stack + sizeof(l2_stack));
+    u64 eptp = vmx_identity_ept(ept_pml4, ept_pdpt, ept_pd, 16);
+    vmx_setup_vmcs(0, eptp, 0, l2_touch, l2_stack + sizeof(l2_stack));
     u64 r = vmx_run(1, &g), reason = 0;
     vmread(VM_EXIT_REASON, &reason);
     puts("L2 exited to L1 with reason "); put_dec(reason); putc('\n');

@@ -70,7 +70,9 @@ def build_guest(sources: list[Path], defines: dict[str, int] | None = None, head
     generated headers the sources include by name."""
     flags = [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
     flags += [arg for header in headers for arg in ("-I", str(header.parent))]
-    inputs = [*headers, *sources, *(LIB / name for name in _LIB_FILES), *sorted(MINIVISOR.glob("*.h"))]
+    # Headers a source may include by a relative path: those beside it and one level up.
+    local = sorted({h for src in sources for folder in (src.parent, src.parent.parent) for h in folder.glob("*.h")})
+    inputs = [*headers, *sources, *(LIB / name for name in _LIB_FILES), *sorted(MINIVISOR.glob("*.h")), *local]
     digest = hashlib.sha256()
     for path in inputs:
         try:

@@ -2,15 +2,10 @@
  * (memory there reads as all ones, as on a PC bus), and VMLAUNCH with a bad host state fails. */
 #include <vmx.h>
 
+#include "../tap.h"
+
 static u8 vmxon_region[4096] __attribute__((aligned(4096)));
 static u8 vmcs[4096] __attribute__((aligned(4096)));
-static int failures, tests;
-
-static void ok(int cond, const char *what) {
-    tests++;
-    if (!cond) failures++;
-    puts(cond ? "ok " : "not ok "); put_dec(tests); puts(" - "); puts(what); putc('\n');
-}
 
 int main(void) {
     u32 rev = (u32)rdmsr(0x480) & 0x7fffffff;

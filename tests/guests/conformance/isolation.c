@@ -1,25 +1,13 @@
 /* Pointers L1 hands over that point past its RAM (but below MAXPHYADDR): the processor reads
  * such memory as all ones, so I/O and MSR bitmaps there make every access exit to L1, and the
  * VMXON and VMCS pointers there fail.  (TAP output; the run must also leave L0 intact.) */
-#include <vmx.h>
+#include "../l1.h"
 
-static u8 vmxon_region[4096] __attribute__((aligned(4096)));
-static u8 vmcs[4096] __attribute__((aligned(4096)));
-static u64 ept_pml4[512] __attribute__((aligned(4096)));
-static u64 ept_pdpt[512] __attribute__((aligned(4096)));
-static u64 ept_pd[512] __attribute__((aligned(4096)));
-static u8 l2_stack[8192] __attribute__((aligned(16)));
-static struct guest_regs g;
-static int failures, tests;
+#include "../tap.h"
+
 extern char l2_io[], l2_rdmsr[];
 
 #define BEYOND_RAM (1ull << 35)
-
-static void ok(int cond, const char *what) {
-    tests++;
-    if (!cond) failures++;
-    puts(cond ? "ok " : "not ok "); put_dec(tests); puts(" - "); puts(what); putc('\n');
-}
 
 /* L2: an OUT to a port and an RDMSR, each expected to exit to L1. */
 __asm__(".text\n"
@@ -41,9 +29,8 @@ int main(void) {
     pa = (u64)vmcs;
     ok(vmclear(&pa) == 0 && vmptrld(&pa) == 0, "VMCLEAR and VMPTRLD");
 
-    for (u64 i = 0; i < 16; i++) ept_pd[i] = (i << 21) | 1 << 7 | 6 << 3 | 7;
-    ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
-    vmx_setup_vmcs(1u << 25 | 1u << 28, (u64)ept_pml4 | 3 << 3 | 6, BEYOND_RAM, l2_io, l2_stack + sizeof(l2_stack));
+    u64 eptp = vmx_identity_ept(ept_pml4, ept_pdpt, ept_pd, 16);
+    vmx_setup_vmcs(1u << 25 | 1u << 28, eptp, BEYOND_RAM, l2_io, l2_stack + sizeof(l2_stack));
     vmwrite(IO_BITMAP_A, BEYOND_RAM);
     vmwrite(IO_BITMAP_B, BEYOND_RAM + 0x1000);
 

@@ -2,16 +2,10 @@
  * clearing CR0.PG in 64-bit mode, and clearing a VMX fixed bit L1 does not own (CR0.NE, CR4.VMXE)
  * are #GP(0), which L1 intercepts through its exception bitmap; a fixed bit L1 owns exits to L1
  * as a CR access.  (TAP output.) */
-#include <vmx.h>
+#include "../l1.h"
 
-static u8 vmxon_region[4096] __attribute__((aligned(4096)));
-static u8 vmcs[4096] __attribute__((aligned(4096)));
-static u64 ept_pml4[512] __attribute__((aligned(4096)));
-static u64 ept_pdpt[512] __attribute__((aligned(4096)));
-static u64 ept_pd[512] __attribute__((aligned(4096)));
-static u8 l2_stack[8192] __attribute__((aligned(16)));
-static struct guest_regs g;
-static int failures, tests;
+#include "../tap.h"
+
 extern char l2_pae[], l2_pae_mov[], l2_pg[], l2_pg_mov[], l2_ne[], l2_ne_mov[], l2_vmxe[], l2_vmxe_mov[];
 
 __asm__(".text\n"
@@ -19,12 +13,6 @@ __asm__(".text\n"
         "l2_pg: movq %cr0, %rax\n btrq $31, %rax\n l2_pg_mov: movq %rax, %cr0\n hlt\n"
         "l2_ne: movq %cr0, %rax\n btrq $5, %rax\n l2_ne_mov: movq %rax, %cr0\n hlt\n"
         "l2_vmxe: movq %cr4, %rax\n btrq $13, %rax\n l2_vmxe_mov: movq %rax, %cr4\n hlt\n");
-
-static void ok(int cond, const char *what) {
-    tests++;
-    if (!cond) failures++;
-    puts(cond ? "ok " : "not ok "); put_dec(tests); puts(" - "); puts(what); putc('\n');
-}
 
 /* Runs L2 from `start`; true if it exits with #GP(0) at `at`. */
 static int gp_at(void *start, void *at, int launch) {
@@ -36,17 +24,9 @@ static int gp_at(void *start, void *at, int launch) {
 }
 
 int main(void) {
-    u32 rev = (u32)rdmsr(0x480) & 0x7fffffff;
-    *(u32 *)vmxon_region = rev; *(u32 *)vmcs = rev;
-    vmx_setup_descriptors();
-    vmx_enable_cr();
-    u64 pa = (u64)vmxon_region;
-    ok(vmxon(&pa) == 0, "VMXON");
-    pa = (u64)vmcs;
-    ok(vmclear(&pa) == 0 && vmptrld(&pa) == 0, "VMCLEAR and VMPTRLD");
-    for (u64 i = 0; i < 16; i++) ept_pd[i] = (i << 21) | 1 << 7 | 6 << 3 | 7;
-    ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
-    vmx_setup_vmcs(1u << 7, (u64)ept_pml4 | 3 << 3 | 6, 0, l2_pae, l2_stack + sizeof(l2_stack));
+    ok(l1_start() == 0, "VMXON, VMCLEAR and VMPTRLD");
+    u64 eptp = vmx_identity_ept(ept_pml4, ept_pdpt, ept_pd, 16);
+    vmx_setup_vmcs(1u << 7, eptp, 0, l2_pae, l2_stack + sizeof(l2_stack));
     vmw(EXCEPTION_BITMAP, 1u << 13);
     ok(gp_at(l2_pae, l2_pae_mov, 1), "L2 clears CR4.PAE in IA-32e mode: #GP(0) to L1");
     ok(gp_at(l2_pg, l2_pg_mov, 0), "L2 clears CR0.PG in 64-bit mode: #GP(0) to L1");
@@ -58,8 +38,7 @@ int main(void) {
     vmread(VM_EXIT_REASON, &reason); vmread(GUEST_RIP, &rip); vmread(EXIT_QUALIFICATION, &qual);
     ok(r == 0 && reason == 28 && rip == (u64)l2_ne_mov && (qual & 0xf) == 0 && (qual >> 4 & 3) == 0,
        "L2 clears CR0.NE that L1 owns: CR-access exit to L1");
-    pa = (u64)vmcs;
-    ok(vmclear(&pa) == 0 && vmxoff() == 0, "VMCLEAR and VMXOFF");
+    ok(l1_stop() == 0, "VMCLEAR and VMXOFF");
     puts(failures ? "FAIL\n" : "PASS\n");
     puts("END\n");
     return failures;

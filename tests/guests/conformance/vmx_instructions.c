@@ -4,6 +4,8 @@
  * and GUEST_RIP checked.  Prints TAP lines; relies only on the architecture and ports 0xE9/0xF4. */
 #include <vmx.h>
 
+#include "../tap.h"
+
 static u8 vmxon_region[4096] __attribute__((aligned(4096)));
 static u8 vmcs_a[4096] __attribute__((aligned(4096)));
 static u8 vmcs_b[4096] __attribute__((aligned(4096)));
@@ -13,14 +15,7 @@ static u64 ept_pdpt[512] __attribute__((aligned(4096)));
 static u64 ept_pd[512] __attribute__((aligned(4096)));
 static u8 l2_stack[8192] __attribute__((aligned(16)));
 static struct guest_regs g;
-static int failures, tests;
 extern char l2_cpuid[], l2_vmcall[], l2_out[];
-
-static void ok(int cond, const char *what) {
-    tests++;
-    if (!cond) failures++;
-    puts(cond ? "ok " : "not ok "); put_dec(tests); puts(" - "); puts(what); putc('\n');
-}
 
 static u64 err(void) { u64 e = 0; vmread(VM_INSTRUCTION_ERROR, &e); return e; }
 static int fail_valid(u64 flags, u64 error) { return flags == VMX_ZF && err() == error; }
@@ -96,9 +91,8 @@ int main(void) {
     ok(vmwrite(GUEST_RIP, 1) == 0 && err() == 12, "a successful VMWRITE leaves the VM-instruction error alone");
     ok(fail_valid(vmresume(), 5), "VMRESUME of a clear VMCS: VMfailValid(5)");
 
-    for (u64 i = 0; i < 16; i++) ept_pd[i] = (i << 21) | 1 << 7 | 6 << 3 | 7;
-    ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
-    vmx_setup_vmcs(1u << 24, (u64)ept_pml4 | 3 << 3 | 6, 0, l2_cpuid, l2_stack + sizeof(l2_stack));
+    u64 eptp = vmx_identity_ept(ept_pml4, ept_pdpt, ept_pd, 16);
+    vmx_setup_vmcs(1u << 24, eptp, 0, l2_cpuid, l2_stack + sizeof(l2_stack));
     u64 pin = 0;
     vmread(PIN_BASED_VM_EXEC_CONTROL, &pin);
     vmwrite(PIN_BASED_VM_EXEC_CONTROL, 0);  /* clears the must-be-one bits 1, 2 and 4 */
@@ -124,7 +118,7 @@ int main(void) {
        "L2 OUT imm8: exit reason 30, qualification (port 0x80, immediate, 1 byte), length 2");
     ok(fail_valid(vmlaunch(), 4), "VMLAUNCH of a launched VMCS: VMfailValid(4)");
     u64 ept_caps = rdmsr(0x48c);
-    struct { u64 a, b; } desc = {(u64)ept_pml4 | 3 << 3 | 6, 0};
+    struct { u64 a, b; } desc = {eptp, 0};
     u64 type = 3;  /* no such INVEPT type */
     __asm__ volatile("invept %1, %2; pushfq; popq %0" : "=r"(flags) : "m"(desc), "r"(type) : "cc", "memory");
     ok(fail_valid(flags & VMX_FLAGS, 28), "INVEPT with an unsupported type: VMfailValid(28)");

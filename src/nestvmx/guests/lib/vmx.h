@@ -104,6 +104,15 @@ static inline void vmx_enable_cr(void) {
     write_cr4((read_cr4() | rdmsr(0x488) | 0x2000) & rdmsr(0x489));
 }
 
+/* An EPT mapping guest-physical 0 to n x 2 MiB onto the same addresses (read/write/execute,
+ * write-back); returns its EPT pointer (4-level walk, write-back paging structures). */
+static __attribute__((unused)) u64 vmx_identity_ept(u64 *pml4, u64 *pdpt, u64 *pd, int n) {
+    for (int i = 0; i < n; i++) pd[i] = (u64)i << 21 | 1 << 7 | 6 << 3 | 7;
+    pml4[0] = (u64)pdpt | 7;
+    pdpt[0] = (u64)pd | 7;
+    return (u64)pml4 | 3 << 3 | 6;
+}
+
 /* Allowed settings of a control from its capability MSR: must-be-one bits set, others as wanted. */
 static u32 adjust(u32 msr, u32 wanted) { u64 cap = rdmsr(msr); return (u32)((wanted | (u32)cap) & (cap >> 32)); }
 
