@@ -156,7 +156,6 @@ class VM:
         instructions = [0, 0]
         for vcpu in self.kvm.vcpus:
             events = vcpu.cpu.events
-            vcpu.stats.shadow_vmread, vcpu.stats.shadow_vmwrite = events["shadow_vmread"], events["shadow_vmwrite"]
             counts = vcpu.engine.instruction_counts()
             l1 = counts.pop(vcpu.eptp, 0)
             l2 = sum(counts.values())

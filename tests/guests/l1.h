@@ -8,7 +8,7 @@ static u8 vmcs[4096] __attribute__((aligned(4096)));
 static u64 ept_pml4[512] __attribute__((aligned(4096)));
 static u64 ept_pdpt[512] __attribute__((aligned(4096)));
 static u64 ept_pd[512] __attribute__((aligned(4096)));
-static u8 l2_stack[8192] __attribute__((aligned(16)));
+static __attribute__((unused)) u8 l2_stack[8192] __attribute__((aligned(16)));
 static struct guest_regs g;
 
 /* The usual start of a hypervisor: its own GDT and TSS, the VMX fixed CR bits, VMXON, and `vmcs`

@@ -1,16 +1,11 @@
 /* Runs random L2 code: the test places (u64 length, bytes) at 8 MiB.  L2 lives in a 2 MiB
  * sandbox (L1's 16-18 MiB, L2 guest-physical 0-2 MiB by L1's EPT): its own page tables, GDT and
- * stack, and the code at 0x10000 followed by VMCALL.  Every exception exits to L1, RDTSC too.  L1 handles up to 24 exits: an instruction that
- * exits is skipped and L2 resumes; any other exit, or VMCALL, ends the run.  It prints each exit
- * reason and, at the end, a hash of everything the exits reported, so that runs can be compared. */
-#include <vmx.h>
+ * stack, and the code at 0x10000 followed by VMCALL.  Every exception exits to L1, RDTSC too.
+ * L1 handles up to 24 exits: an instruction that exits is skipped and L2 resumes; any other exit,
+ * or VMCALL, ends the run.  It prints each exit reason and, at the end, a hash of everything the
+ * exits reported, so that runs can be compared. */
+#include "l1.h"
 
-static u8 vmxon_region[4096] __attribute__((aligned(4096)));
-static u8 vmcs[4096] __attribute__((aligned(4096)));
-static u64 ept_pml4[512] __attribute__((aligned(4096)));
-static u64 ept_pdpt[512] __attribute__((aligned(4096)));
-static u64 ept_pd[512] __attribute__((aligned(4096)));
-static struct guest_regs g;
 #define SANDBOX (16ull << 20)
 #define CODE 0x10000ull
 #define BLOB 0x800000ull
@@ -28,14 +23,7 @@ static int skipped(u64 reason) {
 }
 
 int main(void) {
-    u32 rev = (u32)rdmsr(0x480) & 0x7fffffff;
-    *(u32 *)vmxon_region = rev; *(u32 *)vmcs = rev;
-    vmx_setup_descriptors();
-    vmx_enable_cr();
-    u64 pa = (u64)vmxon_region;
-    must(vmxon(&pa), "VMXON failed");
-    pa = (u64)vmcs;
-    must(vmclear(&pa) | vmptrld(&pa), "VMCLEAR/VMPTRLD failed");
+    must(l1_start(), "VMXON, VMCLEAR or VMPTRLD failed");
     u64 *sandbox = (u64 *)SANDBOX;
     for (u64 i = 0; i < (2 << 20) / 8; i++) sandbox[i] = 0;
     sandbox[0x1000 / 8] = 0x2000 | 3;  /* L2's page tables: linear 0-2 MiB = guest-physical 0-2 MiB */

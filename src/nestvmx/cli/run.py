@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -153,12 +154,7 @@ def run(
     cpu: str,
     shadow_vmcs: bool | None,
     costs: str | None,
-    max_exits: int | None,
-    timeout: float | None,
-    stats_json: Path | None,
-    trace: Path | None,
-    save: Path | None,
-    save_after_exits: int | None,
+    **run_options: Any,
 ) -> None:
     """Run PROGRAM as the L1 guest of the L0 hypervisor.
 
@@ -181,38 +177,19 @@ def run(
         vm.load(build_minivisor(l2, iterations, footprint, vcpus) if l1 else program, address)
         return vm
 
-    _run_vm(create, max_exits, timeout, stats_json, trace, save, save_after_exits)
+    _run_vm(create, **run_options)
 
 
 @click.command(epilog=_STATUSES)
 @click.argument("snapshot", type=click.Path(dir_okay=False, path_type=Path))
 @_host_options
 @_run_options
-def resume(
-    snapshot: Path,
-    cpu: str,
-    shadow_vmcs: bool | None,
-    costs: str | None,
-    max_exits: int | None,
-    timeout: float | None,
-    stats_json: Path | None,
-    trace: Path | None,
-    save: Path | None,
-    save_after_exits: int | None,
-) -> None:
+def resume(snapshot: Path, cpu: str, shadow_vmcs: bool | None, costs: str | None, **run_options: Any) -> None:
     """Continue a VM saved by `nestvmx run --save` on any CPU model and shadowing setting.
 
     The statistics count from the resume; the console shows what the guest writes from then on.
     """
-    _run_vm(
-        lambda: Host(cpu, shadow_vmcs, costs).restore(snapshot),
-        max_exits,
-        timeout,
-        stats_json,
-        trace,
-        save,
-        save_after_exits,
-    )
+    _run_vm(lambda: Host(cpu, shadow_vmcs, costs).restore(snapshot), **run_options)
 
 
 def _run_vm(

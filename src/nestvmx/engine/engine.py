@@ -39,6 +39,7 @@ from nestvmx.arch.controls import PrimaryCtls as P
 from nestvmx.arch.controls import SecondaryCtls as S
 from nestvmx.arch.exit_reasons import ExitReason
 from nestvmx.arch.fields import Field as F
+from nestvmx.arch.msr import Msr
 from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver
 from nestvmx.engine.guest_memory import GuestMemory
@@ -59,7 +60,6 @@ from nestvmx.hw.processor import LogicalProcessor
 from nestvmx.hw.state import CpuState, Seg, Segment
 from nestvmx.hw.vmexit import VmExit
 
-_CODE_HOOK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 _M = iced_x86.Mnemonic
 _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
@@ -78,7 +78,6 @@ _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 _CR0_TS = 1 << 3
 _CR4_TSD = 1 << 2
-_IA32_TSC_AUX = 0xC000_0103
 
 
 # Unicorn never delivers exceptions, so QEMU's record of the exception in progress is never
@@ -586,7 +585,7 @@ class Engine:
         tsc &= 0xFFFF_FFFF_FFFF_FFFF
         s.gpr[0], s.gpr[2] = tsc & 0xFFFF_FFFF, tsc >> 32
         if rdtscp:
-            s.gpr[1] = s.msrs.get(_IA32_TSC_AUX, 0) & 0xFFFF_FFFF
+            s.gpr[1] = s.msrs.get(Msr.IA32_TSC_AUX, 0) & 0xFFFF_FFFF
         s.rip += ins.len
         return None
 

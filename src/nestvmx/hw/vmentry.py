@@ -573,7 +573,7 @@ def load_guest_state(f: Fields, s: CpuState) -> None:
 # monitor control and SMBASE, the x2APIC range, and the read-only VMX capability MSRs.
 def msr_loadable(index: int) -> bool:
     return not (
-        index in (Msr.IA32_FS_BASE, Msr.IA32_GS_BASE, 0x9B, 0x9E)
+        index in (Msr.IA32_FS_BASE, Msr.IA32_GS_BASE, Msr.IA32_SMM_MONITOR_CTL, Msr.IA32_SMBASE)
         or 0x800 <= index <= 0x8FF
         or Msr.IA32_VMX_BASIC <= index <= Msr.IA32_VMX_EXIT_CTLS2
     )

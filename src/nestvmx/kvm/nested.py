@@ -10,16 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nestvmx.arch.controls import (
-    INTR_INFO_DELIVER_ERROR_CODE,
-    INTR_INFO_VALID,
-    EntryCtls,
-    ExitCtls,
-    InterruptionType,
-    PinBased,
-    PrimaryCtls,
-    SecondaryCtls,
-)
+from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
 from nestvmx.arch.fields import Access, FieldType
@@ -110,7 +101,6 @@ _ALWAYS_REFLECTED = {
     ExitReason.INVALID_GUEST_STATE,
 }
 _VPID02 = 2
-_IA32_SMM_MONITOR_CTL = 0x9B
 VMX_ABORT_SAVE_GUEST_MSR_FAIL = 1  # VMX-abort indicators (SDM §28.7)
 VMX_ABORT_LOAD_HOST_MSR_FAIL = 4
 EPT02_MAX_PAGES = 256  # table pages of one vCPU's EPT02 (1 MiB of L0's memory)
@@ -134,7 +124,7 @@ class NestedVmx:
         self.vmcs02 = vcpu.alloc_page()
         vcpu.memory.write_u(self.vmcs02, 4, vcpu.model.revision_id)
         self.ept01_cache: dict = {}  # EPT01 never changes: its translations can be kept
-        self.vmcs02_values: dict[int, int] = {}  # what L0 last wrote to (or read from) vmcs02
+        self.vmcs02_values: dict[int, int] = {}  # what L0 last wrote to (VmxVcpu.vmwrite) or read from vmcs02
         self.ept02: EptTables | None = None
         self.ept02_source: int | None = None  # the EPTP12 EPT02 was built from
         # VMCS shadowing (the 2013 "KVM: nVMX: shadow VMCS support" series).
@@ -614,11 +604,12 @@ class NestedVmx:
     def _store_msrs(self, address: int, count: int) -> int | None:
         """The VM-exit MSR-store area (SDM §28.4): L2's MSR values, while vmcs02 is current (KVM's
         nested_vmx_store_msr); the 1-based index of the first entry that fails, or None."""
+        max_entries = self._msr_area_limit()
         for i in range(count):
             entry = address + 16 * i
             index, reserved = self.l1_memory.read_bus(entry, 4), self.l1_memory.read_bus(entry + 4, 4)
             value = None
-            if i < self._msr_area_limit() and not reserved and index >> 8 != 0x8 and index != _IA32_SMM_MONITOR_CTL:
+            if i < max_entries and not reserved and index >> 8 != 0x8 and index != Msr.IA32_SMM_MONITOR_CTL:
                 value = self.vcpu.get_msr(index)
             if value is None:
                 return i + 1
@@ -709,7 +700,6 @@ class NestedVmx:
         for field, value in values.items():
             if known.get(field) != value or field in _CHANGED_BY_VM_EXIT:
                 v.vmwrite(field, value)
-                known[field] = value
         if launch:
             vmcs12.launched = True
         self.guest_mode = self.nested_run_pending = True
@@ -824,10 +814,10 @@ class NestedVmx:
         if basic == ExitReason.CR_ACCESS:
             return self._cr_exit_wanted(v.vmread(F.EXIT_QUALIFICATION), primary)
         if basic == ExitReason.EXCEPTION_NMI:
-            return self._exception_wanted(v.vmread(F.VM_EXIT_INTR_INFO) & 0xFF, v.vmread(F.VM_EXIT_INTR_ERROR_CODE))
+            return self.exception_wanted(v.vmread(F.VM_EXIT_INTR_INFO) & 0xFF, v.vmread(F.VM_EXIT_INTR_ERROR_CODE))
         return True
 
-    def _exception_wanted(self, vector: int, error_code: int) -> bool:
+    def exception_wanted(self, vector: int, error_code: int) -> bool:
         """vmcs12's exception bitmap, with the page-fault error-code mask and match (SDM §26.2)."""
         f = self.vmcs12.fields
         if vector == Vector.PF:
@@ -854,24 +844,6 @@ class NestedVmx:
             )
             value = value & ~mask | guest & mask
         return value & fixed0 == fixed0 and not value & ~fixed1
-
-    def inject_exception_l2(self, vector: int, error_code: int | None) -> RunEnd | None:
-        """An exception L0 raises in L2 while emulating an instruction for it: an exception exit
-        to L1 if vmcs12's exception bitmap asks for it (KVM's nested_vmx_check_exception), else
-        delivered through L2's IDT at the next entry of vmcs02."""
-        v = self.vcpu
-        info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
-        if error_code is not None:
-            info |= INTR_INFO_DELIVER_ERROR_CODE
-        if self._exception_wanted(vector, error_code or 0):
-            return self.nested_vmx_vmexit(
-                ExitReason.EXCEPTION_NMI, qualification=0, intr_info=info, intr_error_code=error_code or 0
-            )
-        if error_code is not None:
-            v.vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
-            self.vmcs02_values[F.VM_ENTRY_EXCEPTION_ERROR_CODE] = error_code
-        v.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
-        return None
 
     def _io_exit_wanted(self, qualification: int, primary: int) -> bool:
         """nested_vmx_exit_handled_io: L1's I/O bitmaps, in L1's memory."""
@@ -936,10 +908,10 @@ class NestedVmx:
                 f"kvm_nested_vmexit: vcpu {v.vcpu_id} reason {ExitReason(reason & 0xFFFF).name} "
                 f"rip {vmcs12[F.GUEST_RIP]:#x} info1 {vmcs12[F.EXIT_QUALIFICATION]:#x}"
             )
+        end = self.load_vmcs12_host_state()
         if bad_store is not None:
-            self.load_vmcs12_host_state()
             return self.vmx_abort(VMX_ABORT_SAVE_GUEST_MSR_FAIL, f"storing MSR-store entry {bad_store} failed")
-        return self.load_vmcs12_host_state()
+        return end
 
     def vmx_abort(self, indicator: int, why: str) -> RunEnd:
         """A VMX abort (SDM §28.7): the indicator goes into the vmcs12 region and L1's processor shuts

@@ -16,8 +16,6 @@ class RunStats:
     nested_vmexits: int = 0
     ept02_fills: int = 0
     shadow_enabled: bool = False
-    shadow_vmread: int = 0
-    shadow_vmwrite: int = 0
     copies_to_shadow: int = 0
     copies_from_shadow: int = 0
     fields_copied: int = 0
@@ -56,8 +54,8 @@ class RunStats:
             },
             "shadow": {
                 "enabled": self.shadow_enabled,
-                "vmread": self.shadow_vmread,
-                "vmwrite": self.shadow_vmwrite,
+                "vmread": events.get("shadow_vmread", 0),  # served by the processor without an exit
+                "vmwrite": events.get("shadow_vmwrite", 0),
                 "copies_to_shadow": self.copies_to_shadow,
                 "copies_from_shadow": self.copies_from_shadow,
                 "fields_copied": self.fields_copied,

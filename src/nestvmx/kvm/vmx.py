@@ -94,6 +94,8 @@ class VmxVcpu:
     def vmwrite(self, field: int, value: int) -> None:
         if self.cpu.vmwrite(field, value) != VM_SUCCEED:
             raise L0Bug(f"VMWRITE {F(field).name} failed")
+        if self.cpu.current_vmcs == self.nested.vmcs02:
+            self.nested.vmcs02_values[field] = value
 
     def vmread(self, field: int) -> int:
         status, value = self.cpu.vmread(field)
@@ -263,14 +265,18 @@ class VmxVcpu:
         """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception); in L2, L1
         may intercept it.  The platform has no IDT at entry: an exception before L1 loads one ends
         the run (L2's go through L2's IDT, or to L1)."""
-        if self.nested.guest_mode:
-            return self.nested.inject_exception_l2(vector, error_code)
-        if self.vmread(F.GUEST_IDTR_LIMIT) == 0:
-            name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
-            return self.crash(f"guest crashed: #{name} (vector {vector})")
         info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
         if error_code is not None:
             info |= INTR_INFO_DELIVER_ERROR_CODE
+        if self.nested.guest_mode:
+            if self.nested.exception_wanted(vector, error_code or 0):  # KVM's nested_vmx_check_exception
+                return self.nested.nested_vmx_vmexit(
+                    ExitReason.EXCEPTION_NMI, qualification=0, intr_info=info, intr_error_code=error_code or 0
+                )
+        elif self.vmread(F.GUEST_IDTR_LIMIT) == 0:
+            name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
+            return self.crash(f"guest crashed: #{name} (vector {vector})")
+        if error_code is not None:
             self.vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
         self.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
         return None
@@ -360,7 +366,7 @@ class VmxVcpu:
         0xC0000082: 0,
         0xC0000083: 0,
         0xC0000084: 0,
-        0xC0000103: 0,
+        Msr.IA32_TSC_AUX: 0,
         0x1A0: 1,
     }  # STAR, LSTAR, CSTAR, FMASK, TSC_AUX, MISC_ENABLE
 

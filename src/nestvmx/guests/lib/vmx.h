@@ -70,7 +70,7 @@ static void vmw(u64 field, u64 value) {
         if (vmx_written[c][i].field == field) { vmx_written[c][i].value = value; return; }
     if (vmx_nwritten[c] < 160) { vmx_written[c][vmx_nwritten[c]].field = field; vmx_written[c][vmx_nwritten[c]++].value = value; }
 }
-static u64 vmx_last_written(u64 field) {
+static __attribute__((unused)) u64 vmx_last_written(u64 field) {
     int c = vmx_this_cpu();
     for (int i = 0; i < vmx_nwritten[c]; i++) if (vmx_written[c][i].field == field) return vmx_written[c][i].value;
     return 0;
