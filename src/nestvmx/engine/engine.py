@@ -116,6 +116,7 @@ class GuestContext:
         self.hooked: set[int] = set()
         self.scanned: set[int] = set()  # block starts already searched for special instructions
         self.scanned_code: dict[tuple[int, int], tuple[int, bytes]] = {}  # (CR3, block) -> (host address, bytes)
+        self.code_pages: dict[int, bytes] = {}  # host pages holding translated code -> their bytes then
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.decoded: dict = {}  # (CR3, RIP) -> (host address, bytes, VmxInstruction) of VMX instructions
         self.counter = InstructionCounter(stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
@@ -173,14 +174,6 @@ class GuestContext:
             self.uc.hook_add(UC.UC_HOOK_CODE, self.engine._on_special, None, address, address)
 
 
-class SharedCode:
-    """Guest memory that the engines of several processors execute.  Unicorn does not see writes
-    made through another instance, so an instance that did not run last drops its translations."""
-
-    def __init__(self) -> None:
-        self.last: GuestContext | None = None
-
-
 # The host's local APIC timer vector (Linux's LOCAL_TIMER_VECTOR).
 HOST_TIMER_VECTOR = 0xEC
 
@@ -188,9 +181,8 @@ HOST_TIMER_VECTOR = 0xEC
 class Engine:
     """Executes the guest of the processor's current VMCS."""
 
-    def __init__(self, cpu: LogicalProcessor, shared: SharedCode | None = None) -> None:
+    def __init__(self, cpu: LogicalProcessor) -> None:
         self.cpu = cpu
-        self.shared = shared or SharedCode()
         self.executed = 0  # guest instructions of all runs
         self.tsc_base = 0  # the time-stamp counter is tsc_base + instructions executed (see _rdtsc)
         self._run_start = 0  # the running context's instruction count when this run began
@@ -227,12 +219,7 @@ class Engine:
         ctx = self._context(self._eptp()) if self.cpu.non_root else None
         if ctx is None:
             raise EngineError("run() needs a guest: VMLAUNCH/VMRESUME first")
-        if self.shared.last is not None and self.shared.last is not ctx:
-            # Another guest (another Unicorn instance) ran since: it may have written code this one
-            # has translated, and Unicorn does not invalidate across instances.
-            ctx.uc.ctl_flush_tb()
-            ctx.scanned.clear()
-        self.ctx = self.shared.last = ctx
+        self.ctx = ctx
         self._run_start = ctx.counter.count
         ctx.counter.limit = self._run_start + timer if timer else 0
         try:
@@ -240,6 +227,17 @@ class Engine:
         finally:
             ctx.counter.limit = 0
             self.executed += ctx.counter.count - self._run_start
+
+    def _drop_stale_translations(self, ctx: GuestContext) -> None:
+        """Unicorn invalidates translations on writes made through the same instance only; another
+        instance (another guest, another vCPU) or the model itself may have written code that
+        this one translated.  So the pages holding its code are compared with their bytes then."""
+        buffer = self.cpu.memory.buffer
+        if all(buffer[page : page + 0x1000] == snapshot for page, snapshot in ctx.code_pages.items()):
+            return
+        ctx.uc.ctl_flush_tb()
+        ctx.scanned.clear()
+        ctx.code_pages.clear()
 
     def _run(self, ctx: GuestContext) -> VmExit:
         cpu = self.cpu
@@ -262,6 +260,7 @@ class Engine:
                     f"GDT descriptor does not fit it ({err}); a VM entry takes them from the VMCS"
                 ) from err
             _reset_exception_state(ctx.uc)
+            self._drop_stale_translations(ctx)
             self.stop = None
             self.cr2_before_run = cpu.state.cr2
             if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
@@ -423,9 +422,12 @@ class Engine:
         seen = ctx.scanned_code.get((cr3, pc))
         buffer = self.cpu.memory.buffer
         if seen and buffer[seen[0] : seen[0] + len(seen[1])] == seen[1]:
+            self._note_code_page(ctx, seen[0])
             return False  # retranslated after a flush, same bytes: its hooks are still in place
         memory = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp, ctx.ept_cache)
         code = memory.fetch(pc, size)
+        for linear in {pc, pc + len(code) - 1} if code else ():
+            self._note_code_page(ctx, self._block_hpa(memory, linear))
         if code and (pc & 0xFFF) + len(code) <= 0x1000:  # within one page: remember where it lives
             ctx.scanned_code[(cr3, pc)] = (self._block_hpa(memory, pc), code)
         found = False
@@ -437,6 +439,11 @@ class Engine:
         if found:
             ctx.uc.ctl_remove_cache(pc, pc + len(code))
         return found
+
+    def _note_code_page(self, ctx: GuestContext, hpa: int) -> None:
+        page = hpa & ~0xFFF
+        if page not in ctx.code_pages:
+            ctx.code_pages[page] = bytes(self.cpu.memory.buffer[page : page + 0x1000])
 
     def _block_hpa(self, memory: GuestMemory, pc: int) -> int:
         return memory.gpa_to_hpa(memory.linear_to_gpa(pc, fetch=True), 0)

@@ -14,7 +14,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nestvmx.engine.engine import SharedCode
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.memory import PhysicalMemory
 from nestvmx.kvm.ept import EptTables
@@ -89,7 +88,6 @@ class Kvm:
         self._next_page = guest_size
         self._free_pages: list[int] = []
         self.eptp = self._build_ept01()
-        self.shared_code = SharedCode()
         self.vcpus = [VmxVcpu(self, i) for i in range(vcpus)]
         self.current = 0  # the vCPU whose turn it is
         self.turn_instructions = 0  # guest instructions it has run in this turn

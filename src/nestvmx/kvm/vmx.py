@@ -75,7 +75,7 @@ class VmxVcpu:
         host = CpuState()
         host.cr4 |= CR4_VMXE
         self.cpu = LogicalProcessor(self.model, self.memory, host)
-        self.engine = Engine(self.cpu, kvm.shared_code)
+        self.engine = Engine(self.cpu)
         self.stats = RunStats()
         self.regs = [0] * 16  # guest GPRs (KVM's vcpu->arch.regs), RSP excepted
         self.cr2 = 0
