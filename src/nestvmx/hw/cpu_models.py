@@ -12,7 +12,15 @@ from functools import cached_property
 
 from nestvmx.arch import controls
 from nestvmx.arch.controls import ControlKind, SecondaryCtls
-from nestvmx.arch.fields import VMCS_FIELDS, Access, FieldType, FieldWidth, VmcsField
+from nestvmx.arch.fields import (
+    ACCESS_RIGHTS_FIELDS,
+    AR_BYTES_WRITABLE,
+    VMCS_FIELDS,
+    Access,
+    FieldType,
+    FieldWidth,
+    VmcsField,
+)
 from nestvmx.arch.msr import VMX_BASIC_REVISION_MASK, VMX_BASIC_TRUE_CTLS, VMX_MISC_VMWRITE_ANY_FIELD, Msr
 
 VMCS_HEADER_SIZE = 16  # revision id, abort indicator, launch state, reserved
@@ -102,6 +110,16 @@ class CpuModel:
     def fields(self) -> dict[int, VmcsField]:
         """The VMCS fields this processor has, by FULL encoding."""
         return {f.encoding: f for f in VMCS_FIELDS if self.supports_field(f)}
+
+    @cached_property
+    def vmcs_access(self) -> dict[int, tuple[int, bool, int, bool]]:
+        """`encodings` as VMREAD/VMWRITE use it on every access: (FULL encoding, HIGH access, the bits
+        a VMWRITE keeps (access-rights fields: AR_BYTES_WRITABLE), read-only field)."""
+        table = {}
+        for encoding, (f, access) in self.encodings.items():
+            mask = f.width.mask & (AR_BYTES_WRITABLE if f.encoding in ACCESS_RIGHTS_FIELDS else -1)
+            table[encoding] = (f.encoding, access is Access.HIGH, mask, f.type is FieldType.READ_ONLY)
+        return table
 
     @cached_property
     def encodings(self) -> dict[int, tuple[VmcsField, Access]]:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from nestvmx.arch.controls import INTR_INFO_VALID, ControlKind, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
-from nestvmx.arch.fields import ACCESS_RIGHTS_FIELDS, AR_BYTES_WRITABLE, Access, FieldType, VmcsField
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import (
     EPT_CAP_INVEPT,
@@ -247,25 +246,21 @@ class LogicalProcessor:
     def vmread(self, encoding: int) -> tuple[int, int]:
         """(status, value); value is 0 unless the status is VM_SUCCEED."""
         self._root_prechecks()
-        return self._vmread(self.current, encoding, op64=True)
+        return self._vmread(self.active_vmcs.get(self.current_vmcs), encoding, op64=True)
 
     def vmwrite(self, encoding: int, value: int) -> int:
         self._root_prechecks()
-        return self._vmwrite(self.current, encoding, value, op64=True)
-
-    def _field(self, encoding: int) -> tuple[VmcsField, Access] | None:
-        return self.model.encodings.get(encoding)
+        return self._vmwrite(self.active_vmcs.get(self.current_vmcs), encoding, value, op64=True)
 
     def _vmread_lookup(self, vmcs: VmcsData | None, encoding: int, op64: bool) -> tuple[int, int]:
         """(status, value) of a VMREAD, without side effects."""
         if vmcs is None:
             return VM_FAIL_INVALID, 0
-        found = self._field(encoding)
-        if found is None:
+        access = self.model.vmcs_access.get(encoding)
+        if access is None:
             return VmxError.UNSUPPORTED_VMCS_COMPONENT, 0
-        field, access = found
-        value = vmcs.fields.get(field.encoding, 0)
-        if access is Access.HIGH:
+        value = vmcs.fields.get(access[0], 0)
+        if access[1]:  # HIGH
             value >>= 32
         return VM_SUCCEED, value if op64 else value & 0xFFFF_FFFF
 
@@ -278,22 +273,19 @@ class LogicalProcessor:
     def _vmwrite(self, vmcs: VmcsData | None, encoding: int, value: int, op64: bool, shadow: bool = False) -> int:
         if vmcs is None:
             return self._set_status(VM_FAIL_INVALID)
-        found = self._field(encoding)
-        if found is None:
+        access = self.model.vmcs_access.get(encoding)
+        if access is None:
             return self._vmfail(VmxError.UNSUPPORTED_VMCS_COMPONENT)
-        field, access = found
-        if field.type is FieldType.READ_ONLY and not self.model.vmwrite_any_field:
+        full, high, mask, read_only = access
+        if read_only and not self.model.vmwrite_any_field:
             return self._vmfail(VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT)
         self.events["shadow_vmwrite" if shadow else "vmwrite"] += 1
-        if access is Access.HIGH:
-            old = vmcs.fields.get(field.encoding, 0)
-            value = (old & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
+        if high:
+            value = (vmcs.fields.get(full, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
         else:
             # Outside 64-bit mode the source is 32 bits and the upper half of the field is cleared.
-            value &= field.width.mask if op64 else field.width.mask & 0xFFFF_FFFF
-            if field.encoding in ACCESS_RIGHTS_FIELDS:
-                value &= AR_BYTES_WRITABLE
-        vmcs.fields[field.encoding] = value
+            value &= mask if op64 else mask & 0xFFFF_FFFF
+        vmcs.fields[full] = value
         return self._set_status(VM_SUCCEED)
 
     def vmlaunch(self) -> int | VmExit | None:
