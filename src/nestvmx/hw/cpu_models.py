@@ -72,6 +72,13 @@ class CpuModel:
 
     def control_msr(self, kind: ControlKind) -> int:
         """The capability MSR that governs VM entry's check of a control word."""
+        return self._control_msrs[kind]
+
+    def allowed1(self, kind: ControlKind) -> int:
+        return self._allowed1[kind]
+
+    @cached_property
+    def _control_msrs(self) -> dict[ControlKind, int]:
         true = self.true_ctls
         index = {
             ControlKind.PIN: Msr.IA32_VMX_TRUE_PINBASED_CTLS if true else Msr.IA32_VMX_PINBASED_CTLS,
@@ -79,19 +86,18 @@ class CpuModel:
             ControlKind.SECONDARY: Msr.IA32_VMX_PROCBASED_CTLS2,
             ControlKind.EXIT: Msr.IA32_VMX_TRUE_EXIT_CTLS if true else Msr.IA32_VMX_EXIT_CTLS,
             ControlKind.ENTRY: Msr.IA32_VMX_TRUE_ENTRY_CTLS if true else Msr.IA32_VMX_ENTRY_CTLS,
-        }[kind]
-        return self.msrs.get(index, 0)
+        }
+        return {kind: self.msrs.get(msr, 0) for kind, msr in index.items()}
 
-    def allowed1(self, kind: ControlKind) -> int:
-        if kind is ControlKind.SEAM:
-            return 0
-        if kind is ControlKind.TERTIARY:
-            return self.msrs.get(Msr.IA32_VMX_PROCBASED_CTLS3, 0)
-        if kind is ControlKind.VMFUNC:
-            return self.msrs.get(Msr.IA32_VMX_VMFUNC, 0)
-        if kind is ControlKind.SECONDARY and not self.allowed1(ControlKind.PRIMARY) & (1 << 31):
-            return 0
-        return self.control_msr(kind) >> 32
+    @cached_property
+    def _allowed1(self) -> dict[ControlKind, int]:
+        table = {kind: msr >> 32 for kind, msr in self._control_msrs.items()}
+        if not table[ControlKind.PRIMARY] & (1 << 31):
+            table[ControlKind.SECONDARY] = 0
+        table[ControlKind.TERTIARY] = self.msrs.get(Msr.IA32_VMX_PROCBASED_CTLS3, 0)
+        table[ControlKind.VMFUNC] = self.msrs.get(Msr.IA32_VMX_VMFUNC, 0)
+        table[ControlKind.SEAM] = 0
+        return table
 
     def allows(self, kind: ControlKind, bits: int) -> bool:
         return self.allowed1(kind) & bits == bits
