@@ -15,7 +15,7 @@ as `X86Exception`; the instruction then has no other effect.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from nestvmx.arch.controls import INTR_INFO_VALID, ControlKind, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
@@ -251,6 +251,32 @@ class LogicalProcessor:
     def vmwrite(self, encoding: int, value: int) -> int:
         self._root_prechecks()
         return self._vmwrite(self.active_vmcs.get(self.current_vmcs), encoding, value, op64=True)
+
+    def vmread_many(self, encodings: Iterable[int]) -> tuple[int, list[int]]:
+        """VMREADs of `encodings` in turn, as L0 executes them back to back: the same checks, events
+        and RFLAGS as that many VMREADs (nothing changes the state in between).  Stops at the first
+        that fails: (its status, the values read before it); else (VM_SUCCEED, all values)."""
+        self._root_prechecks()
+        vmcs, values = self.active_vmcs.get(self.current_vmcs), []
+        for encoding in encodings:
+            status, value = self._vmread_lookup(vmcs, encoding, True)
+            if status != VM_SUCCEED:
+                self.events["vmread"] += len(values)
+                return self._set_status(status), values
+            values.append(value)
+        self.events["vmread"] += len(values)
+        return self._set_status(VM_SUCCEED), values
+
+    def vmwrite_many(self, writes: Iterable[tuple[int, int]]) -> int:
+        """VMWRITEs of (encoding, value) pairs in turn (see vmread_many); the status of the first
+        that fails, else VM_SUCCEED."""
+        self._root_prechecks()
+        vmcs = self.active_vmcs.get(self.current_vmcs)
+        for encoding, value in writes:
+            status = self._vmwrite(vmcs, encoding, value, op64=True)
+            if status != VM_SUCCEED:
+                return status
+        return VM_SUCCEED
 
     def _vmread_lookup(self, vmcs: VmcsData | None, encoding: int, op64: bool) -> tuple[int, int]:
         """(status, value) of a VMREAD, without side effects."""

@@ -193,8 +193,8 @@ class NestedVmx:
         """The read-write fields L1 may have changed without exits, back into vmcs12."""
         v, vmcs12 = self.vcpu, self.vmcs12
         self.load_vmcs(self.shadow_vmcs)
-        for field in self.shadow_read_write:
-            vmcs12.write(self.model.encodings[field][0], Access.FULL, v.vmread(field))  # the one write path
+        for field, value in zip(self.shadow_read_write, v.vmread_many(self.shadow_read_write), strict=True):
+            vmcs12.write(self.model.encodings[field][0], Access.FULL, value)  # the one write path
         self.load_vmcs(v.vmcs01)
         v.stats.copies_from_shadow += 1
         v.stats.fields_copied += len(self.shadow_read_write)
@@ -203,8 +203,7 @@ class NestedVmx:
         """Read-only and read-write fields of vmcs12 into the shadow VMCS, before L1 runs again."""
         v, vmcs12 = self.vcpu, self.vmcs12
         self.load_vmcs(self.shadow_vmcs)
-        for field in self.shadow_fields:
-            v.vmwrite(field, vmcs12[field])
+        v.vmwrite_many({field: vmcs12[field] for field in self.shadow_fields})
         self.load_vmcs(v.vmcs01)
         v.stats.copies_to_shadow += 1
         v.stats.fields_copied += len(self.shadow_fields)
@@ -697,9 +696,13 @@ class NestedVmx:
         # Write only what vmcs02 does not hold already (KVM's split of prepare_vmcs02 into a "rare"
         # part): the processor itself changes only the guest state, which the last nested exit read.
         known = self.vmcs02_values
-        for field, value in values.items():
-            if known.get(field) != value or field in _CHANGED_BY_VM_EXIT:
-                v.vmwrite(field, value)
+        v.vmwrite_many(
+            {
+                field: value
+                for field, value in values.items()
+                if known.get(field) != value or field in _CHANGED_BY_VM_EXIT
+            }
+        )
         if launch:
             vmcs12.launched = True
         self.guest_mode = self.nested_run_pending = True
@@ -891,9 +894,8 @@ class NestedVmx:
         """Reflect the current L2 exit to L1: exit information and L2 state into vmcs12, then L1's
         host state.  The arguments replace what the processor recorded (an exit L0 synthesises)."""
         v, vmcs12 = self.vcpu, self.vmcs12
-        for field in EXIT_INFO_FIELDS:
-            if field in v.model.fields:
-                vmcs12[field] = v.vmread(field)
+        fields = [field for field in EXIT_INFO_FIELDS if field in v.model.fields]
+        vmcs12.fields.update(zip(fields, v.vmread_many(fields), strict=True))
         vmcs12[F.VM_EXIT_REASON] = reason
         if qualification is not None:
             vmcs12[F.EXIT_QUALIFICATION] = qualification
@@ -923,8 +925,9 @@ class NestedVmx:
     def sync_vmcs02_to_vmcs12(self) -> None:
         v, vmcs12 = self.vcpu, self.vmcs12
         f = vmcs12.fields
-        for field in GUEST_STATE_FIELDS:
-            f[field] = self.vmcs02_values[field] = v.vmread(field)
+        guest_state = dict(zip(GUEST_STATE_FIELDS, v.vmread_many(GUEST_STATE_FIELDS), strict=True))
+        f.update(guest_state)
+        self.vmcs02_values.update(guest_state)
         for cr, mask_f, shadow_f in (
             (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, F.CR0_READ_SHADOW),
             (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, F.CR4_READ_SHADOW),
@@ -997,8 +1000,7 @@ class NestedVmx:
             else:
                 values.update({sel: 0, base: 0, limit: 0, ar: AR_UNUSABLE})
         values[F.GUEST_FS_BASE], values[F.GUEST_GS_BASE] = f[F.HOST_FS_BASE], f[F.HOST_GS_BASE]
-        for field, value in values.items():
-            v.vmwrite(field, value)
+        v.vmwrite_many(values)
         bad_msr = self._load_msrs(f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT])
         if bad_msr is not None:
             return self.vmx_abort(VMX_ABORT_LOAD_HOST_MSR_FAIL, f"loading VM-exit MSR-load entry {bad_msr} failed")

@@ -7,7 +7,7 @@ from the VM-exit information fields, as KVM does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -102,6 +102,20 @@ class VmxVcpu:
         if status != VM_SUCCEED:
             raise L0Bug(f"VMREAD {F(field).name} failed")
         return value
+
+    def vmread_many(self, fields: Sequence[int]) -> list[int]:
+        """VMREADs of `fields`, back to back (the processor's batched form)."""
+        status, values = self.cpu.vmread_many(fields)
+        if status != VM_SUCCEED:
+            raise L0Bug(f"VMREAD {F(fields[len(values)]).name} failed")
+        return values
+
+    def vmwrite_many(self, values: dict[int, int]) -> None:
+        """VMWRITEs of `values` (field: value), back to back."""
+        if self.cpu.vmwrite_many(values.items()) != VM_SUCCEED:
+            raise L0Bug(f"VMWRITE of one of {[F(f).name for f in values]} failed")
+        if self.cpu.current_vmcs == self.nested.vmcs02:
+            self.nested.vmcs02_values.update(values)
 
     def adjust_controls_primary(self, wanted: int) -> int:
         return self._controls(ControlKind.PRIMARY, wanted)
