@@ -104,6 +104,17 @@ _VPID02 = 2
 VMX_ABORT_SAVE_GUEST_MSR_FAIL = 1  # VMX-abort indicators (SDM §28.7)
 VMX_ABORT_LOAD_HOST_MSR_FAIL = 4
 EPT02_MAX_PAGES = 256  # table pages of one vCPU's EPT02 (1 MiB of L0's memory)
+# What l1_state reads from vmcs01.
+_L1_STATE_FIELDS = (
+    F.GUEST_CR0,
+    F.GUEST_CR3,
+    F.GUEST_CR4,
+    F.GUEST_IA32_EFER,
+    F.GUEST_SS_AR_BYTES,
+    F.GUEST_CS_AR_BYTES,
+    F.GUEST_FS_BASE,
+    F.GUEST_GS_BASE,
+)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
 
@@ -223,13 +234,11 @@ class NestedVmx:
 
     def l1_state(self) -> CpuState:
         """L1's paging and privilege state, read from vmcs01 (for operand accesses)."""
-        v = self.vcpu
         s = CpuState()
-        s.cr0, s.cr3, s.cr4 = v.vmread(F.GUEST_CR0), v.vmread(F.GUEST_CR3), v.vmread(F.GUEST_CR4)
-        s.efer = v.vmread(F.GUEST_IA32_EFER)
-        s.segs[Seg.SS] = Segment(0, 0, 0, v.vmread(F.GUEST_SS_AR_BYTES))
-        s.segs[Seg.CS] = Segment(0, 0, 0, v.vmread(F.GUEST_CS_AR_BYTES))
-        s.segs[Seg.FS].base, s.segs[Seg.GS].base = v.vmread(F.GUEST_FS_BASE), v.vmread(F.GUEST_GS_BASE)
+        s.cr0, s.cr3, s.cr4, s.efer, ss_ar, cs_ar, s.segs[Seg.FS].base, s.segs[Seg.GS].base = self.vcpu.vmread_many(
+            _L1_STATE_FIELDS
+        )
+        s.segs[Seg.SS], s.segs[Seg.CS] = Segment(0, 0, 0, ss_ar), Segment(0, 0, 0, cs_ar)
         return s
 
     def _reg(self, number: int) -> int:
