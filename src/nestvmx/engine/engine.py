@@ -76,6 +76,8 @@ _CR_NUMBER = {
 }
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
+# What the shadow-VMCS fast path reads from Unicorn, in one batch.
+_FAST_PATH_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_CR3, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS, *GPR_IDS)
 _CR0_TS = 1 << 3
 _CR4_TSD = 1 << 2
 
@@ -342,44 +344,39 @@ class Engine:
         raise EngineError(f"CPUID at {uc.reg_read(X.UC_X86_REG_RIP):#x} escaped interception")
 
     def _on_invalid(self, uc: Uc, _ud) -> bool:
-        regs = self.ctx.regs
-        rip = regs.read(X.UC_X86_REG_RIP)
-        if not self._shadow_fast_path(regs, rip):
+        rip, *rest = self.ctx.regs.read_many(_FAST_PATH_REGS)
+        if not self._shadow_fast_path(rip, *rest):
             self._halt("invalid", rip)
         return True
 
-    def _shadow_fast_path(self, regs: UnicornRegisters, rip: int) -> bool:
+    def _shadow_fast_path(self, rip: int, cr3: int, cs: int, ss: int, rflags: int, *gprs: int) -> bool:
         """Serve a register-form VMREAD/VMWRITE from the shadow VMCS without stopping the guest: the
         processor model does the access on the few registers it involves (the usual path saves and
         reloads the whole state).  Anything else (memory operands, exits, faults) takes that path."""
-        instr = self._decoded_at(regs, rip)
         s = self.cpu.state
+        if cs != s.segs[Seg.CS].selector or ss != s.segs[Seg.SS].selector:
+            return False  # the mode or CPL may have changed since the state was saved
+        instr = self._decoded_at(cr3, rip)
         if instr is None or instr.op not in (VmxOp.VMREAD, VmxOp.VMWRITE) or instr.mem is not None:
             return False
-        if (
-            regs.read(X.UC_X86_REG_CS) != s.segs[Seg.CS].selector
-            or regs.read(X.UC_X86_REG_SS) != s.segs[Seg.SS].selector
-        ):
-            return False  # the mode or CPL may have changed since the state was saved
-        s.gpr[instr.reg] = regs.read(GPR_IDS[instr.reg])
-        s.gpr[instr.rm_reg] = regs.read(GPR_IDS[instr.rm_reg])
-        s.rflags, s.rip = regs.read(X.UC_X86_REG_RFLAGS), rip
-        if not self.cpu.served_by_shadow_vmcs(instr):
-            return False
+        s.gpr[instr.reg], s.gpr[instr.rm_reg] = gprs[instr.reg], gprs[instr.rm_reg]
+        s.rflags, s.rip = rflags, rip
         try:
-            self.cpu.execute(instr, None)
+            if not self.cpu.shadow_access(instr, None):
+                return False
         except X86Exception:
             return False
+        regs = self.ctx.regs
         if instr.op is VmxOp.VMREAD:
             regs.put(GPR_IDS[instr.rm_reg], s.gpr[instr.rm_reg])
         regs.put(X.UC_X86_REG_RFLAGS, s.rflags)
         regs.put(X.UC_X86_REG_RIP, s.rip)
         return True
 
-    def _decoded_at(self, regs: UnicornRegisters, rip: int) -> VmxInstruction | None:
+    def _decoded_at(self, cr3: int, rip: int) -> VmxInstruction | None:
         """The VMX instruction at RIP, from a cache checked against the bytes in host memory."""
         ctx = self.ctx
-        key = (regs.read(X.UC_X86_REG_CR3), rip)
+        key = (cr3, rip)
         hit = ctx.decoded.get(key)
         buffer = self.cpu.memory.buffer
         if hit and buffer[hit[0] : hit[0] + len(hit[1])] == hit[1]:

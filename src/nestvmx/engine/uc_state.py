@@ -44,20 +44,6 @@ SEGMENT_IDS = {
     Seg.FS: X.UC_X86_REG_FS,
     Seg.GS: X.UC_X86_REG_GS,
 }
-_PLAIN_REGS = frozenset(
-    {
-        *GPR_IDS,
-        X.UC_X86_REG_RIP,
-        X.UC_X86_REG_RFLAGS,
-        X.UC_X86_REG_CR0,
-        X.UC_X86_REG_CR3,
-        X.UC_X86_REG_CR4,
-        X.UC_X86_REG_DR7,
-        X.UC_X86_REG_FS_BASE,
-        X.UC_X86_REG_GS_BASE,
-        *(X.UC_X86_REG_ES, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_FS, X.UC_X86_REG_GS),
-    }
-)
 # MSRs that Unicorn models and that guest software reads back (beyond those in CpuState fields).
 _PASSTHROUGH_MSRS = (
     Msr.IA32_SYSENTER_CS,
@@ -120,6 +106,7 @@ class UnicornRegisters:
         self.known: dict[object, object] = {}
         self._buffer = ctypes.c_uint64()
         self._buffer_ref = ctypes.byref(self._buffer)
+        self._batches: dict[tuple[int, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
         # Batch read: ids and value pointers fixed; MSR reads need rid set, which Unicorn keeps.
         self._read = _ReadBuffer()
         self._msrs = (UcRegMSR * len(_MSR_READS))(*((index, 0) for index in _MSR_READS))
@@ -136,35 +123,32 @@ class UnicornRegisters:
         self._w_msrs = (UcRegMSR * _MAX_WRITES)()
         self._w_addr = [_addresses(b) for b in (self._w_ints, self._w_mmrs, self._w_msrs)]
 
-    def write(self, reg: int, value, key: object = None) -> None:
-        key = reg if key is None else key
-        if self.known.get(key) != value:
-            self.uc.reg_write(reg, value)
-            self.known[key] = value
-
-    def read(self, reg: int, key: object = None):
-        if reg in _PLAIN_REGS:  # an integer register: the raw C call is ~3x faster than the binding
-            self._buffer.value = 0  # segment selectors fill only 2 bytes
-            _ucmod.uclib.uc_reg_read(self.uc._uch, reg, self._buffer_ref)
-            value = self._buffer.value
-        else:
-            value = self.uc.reg_read(reg)
-        self.known[reg if key is None else key] = value
+    def read(self, reg: int) -> int:
+        """An integer register (also while the guest runs), with the raw C call."""
+        self._buffer.value = 0  # segment selectors fill only 2 bytes
+        _ucmod.uclib.uc_reg_read(self.uc._uch, reg, self._buffer_ref)
+        value = self.known[reg] = self._buffer.value
         return value
+
+    def read_many(self, regs: tuple[int, ...]) -> list[int]:
+        """Integer registers with one batch call (also while the guest runs); not cached."""
+        batch = self._batches.get(regs)
+        if batch is None:
+            values = (ctypes.c_uint64 * len(regs))()
+            ids = (ctypes.c_int * len(regs))(*regs)
+            batch = self._batches[regs] = (ids, (ctypes.c_void_p * len(regs))(*_addresses(values)), values)
+        ids, ptrs, values = batch
+        ctypes.memset(values, 0, ctypes.sizeof(values))  # segment selectors fill only 2 bytes
+        status = _ucmod.uclib.uc_reg_read_batch(self.uc._uch, ids, ptrs, len(regs))
+        if status != UC_ERR_OK:
+            raise UcError(status)
+        return values[:]
 
     def put(self, reg: int, value: int) -> None:
         """Write an integer register while the guest runs (the cache may be stale, so always write)."""
         self._buffer.value = value & 0xFFFF_FFFF_FFFF_FFFF
         _ucmod.uclib.uc_reg_write(self.uc._uch, reg, self._buffer_ref)
         self.known[reg] = value
-
-    def read_msr(self, index: int) -> int:
-        value = self.uc.reg_read(X.UC_X86_REG_MSR, index)
-        self.known[("msr", index)] = (index, value)
-        return value
-
-    def write_msr(self, index: int, value: int) -> None:
-        self.write(X.UC_X86_REG_MSR, (index, value), ("msr", index))
 
     def read_all(self) -> tuple[list[int], list[tuple[int, int, int, int]], list[int]]:
         """Values of _INT_READS, _MMR_READS (selector, base, limit, flags) and _MSR_READS, cached."""

@@ -523,9 +523,14 @@ class LogicalProcessor:
             self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & VPID_CAP_INVVPID
         )
 
-    def served_by_shadow_vmcs(self, instr: VmxInstruction) -> bool:
-        """Whether a VMREAD/VMWRITE in non-root operation runs without a VM exit (SDM §26.1.3)."""
-        return self.non_root and instr.op in (VmxOp.VMREAD, VmxOp.VMWRITE) and not self._vmread_vmwrite_exits(instr)
+    def shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> bool:
+        """Execute a VMREAD/VMWRITE of non-root operation if the shadow VMCS serves it (SDM §26.1.3):
+        True, as execute() would; False, with no effect, if it exits.  Raises as execute() does."""
+        if not self.non_root or instr.op not in (VmxOp.VMREAD, VmxOp.VMWRITE) or self._vmread_vmwrite_exits(instr):
+            return False
+        self._ud_unless_vmx_capable_mode()
+        self._shadow_access(instr, memory)
+        return True
 
     def _vmread_vmwrite_exits(self, instr: VmxInstruction) -> bool:
         """SDM §26.1.3: exit unless shadowing is on, the encoding fits 15 bits and its bitmap bit is 0."""
