@@ -24,6 +24,7 @@ Exit conditions and how they are caught (Unicorn 2.1.4; see shared/reference/eco
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import iced_x86
@@ -94,6 +95,25 @@ def _reset_exception_state(uc: Uc) -> None:
     raw = (ctypes.c_char * context.size).from_address(ctypes.cast(context.context, ctypes.c_void_p).value)
     raw[_OLD_EXCEPTION_OFFSET : _OLD_EXCEPTION_OFFSET + 4] = (-1).to_bytes(4, "little", signed=True)
     uc.context_restore(context)
+
+
+# Instruction decoders for Engine._decoded_at: (instruction, length), or None.
+Decoder = Callable[[bytes, int], tuple[object, int] | None]
+
+
+def _decode_vmx64(code: bytes, rip: int) -> tuple[VmxInstruction, int] | None:
+    instr = decode_vmx(code, long_mode_64=True)
+    return None if instr is None else (instr, instr.length)
+
+
+def _decode_vmx32(code: bytes, rip: int) -> tuple[VmxInstruction, int] | None:
+    instr = decode_vmx(code, long_mode_64=False)
+    return None if instr is None else (instr, instr.length)
+
+
+def _decode_x86(code: bytes, rip: int) -> tuple[iced_x86.Instruction, int]:
+    ins = next(iter(iced_x86.Decoder(64, code, ip=rip)))
+    return ins, ins.len
 
 
 class EngineError(Exception):
@@ -373,10 +393,11 @@ class Engine:
         regs.put(X.UC_X86_REG_RIP, s.rip)
         return True
 
-    def _decoded_at(self, cr3: int, rip: int) -> VmxInstruction | None:
-        """The VMX instruction at RIP, from a cache checked against the bytes in host memory."""
+    def _decoded_at(self, cr3: int, rip: int, decode: Decoder = _decode_vmx64):
+        """The instruction at RIP as `decode` reads it, from a cache checked against the bytes in
+        host memory; None if it cannot be fetched or is not one `decode` knows."""
         ctx = self.ctx
-        key = (cr3, rip)
+        key = (cr3, rip, decode)
         hit = ctx.decoded.get(key)
         buffer = self.cpu.memory.buffer
         if hit and buffer[hit[0] : hit[0] + len(hit[1])] == hit[1]:
@@ -384,9 +405,12 @@ class Engine:
         memory = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp, ctx.ept_cache)
         try:
             code = memory.fetch(rip, 15)
-            instr = decode_vmx(code, long_mode_64=True)
-            if instr is not None and (rip & 0xFFF) + instr.length <= 0x1000:
-                ctx.decoded[key] = (self._block_hpa(memory, rip), code[: instr.length], instr)
+            decoded = decode(code, rip)
+            if decoded is None:
+                return None
+            instr, length = decoded
+            if (rip & 0xFFF) + length <= 0x1000:
+                ctx.decoded[key] = (self._block_hpa(memory, rip), code[:length], instr)
         except (X86Exception, ept_mod.EptFault):
             return None
         return instr
@@ -539,7 +563,7 @@ class Engine:
     # VMX instructions and #UD
     def _invalid_instruction(self, rip: int) -> VmExit | None:
         s = self.cpu.state
-        instr = decode_vmx(self.guest_memory().fetch(rip, 15), long_mode_64=s.in_64bit_mode)
+        instr = self._decoded_at(s.cr3, rip, _decode_vmx64 if s.in_64bit_mode else _decode_vmx32)
         if instr is None:
             return self._exception(Vector.UD)
         try:
@@ -552,8 +576,7 @@ class Engine:
     # RDMSR/WRMSR and control-register accesses (SDM §26.1.3)
     def _special(self, rip: int) -> VmExit | None:
         s, f = self.cpu.state, self.cpu.current.fields
-        code = self.guest_memory().fetch(rip, 15)
-        ins = next(iter(iced_x86.Decoder(64, code, ip=rip)))
+        ins = self._decoded_at(s.cr3, rip, _decode_x86)
         if ins.mnemonic == _M.CPUID:
             return self._exit(ExitReason.CPUID, length=ins.len)
         if ins.mnemonic in _IO:
