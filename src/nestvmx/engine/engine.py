@@ -90,11 +90,19 @@ _CR4_TSD = 1 << 2
 _OLD_EXCEPTION_OFFSET = 5536
 
 
-def _reset_exception_state(uc: Uc) -> None:
-    context = uc.context_save()
-    raw = (ctypes.c_char * context.size).from_address(ctypes.cast(context.context, ctypes.c_void_p).value)
-    raw[_OLD_EXCEPTION_OFFSET : _OLD_EXCEPTION_OFFSET + 4] = (-1).to_bytes(4, "little", signed=True)
-    uc.context_restore(context)
+class _ExceptionStateReset:
+    """Clears that record of one instance, through a context saved and restored in place."""
+
+    def __init__(self, uc: Uc) -> None:
+        self.uc = uc
+        self.context = uc.context_save()
+        address = ctypes.cast(self.context.context, ctypes.c_void_p).value
+        self.old_exception = ctypes.c_int32.from_address(address + _OLD_EXCEPTION_OFFSET)
+
+    def __call__(self) -> None:
+        self.uc.context_update(self.context)
+        self.old_exception.value = -1
+        self.uc.context_restore(self.context)
 
 
 # Instruction decoders for Engine._decoded_at: (instruction, length), or None.
@@ -142,6 +150,7 @@ class GuestContext:
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.decoded: dict = {}  # (CR3, RIP) -> (host address, bytes, VmxInstruction) of VMX instructions
         self.counter = InstructionCounter(stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
+        self.reset_exception_state = _ExceptionStateReset(self.uc)
         self._map_memory()
         self._add_hooks()
 
@@ -281,7 +290,7 @@ class Engine:
                     f"the model cannot load the guest's segment registers at RIP {cpu.state.rip:#x}: a selector's "
                     f"GDT descriptor does not fit it ({err}); a VM entry takes them from the VMCS"
                 ) from err
-            _reset_exception_state(ctx.uc)
+            ctx.reset_exception_state()
             self._drop_stale_translations(ctx)
             self.stop = None
             self.cr2_before_run = cpu.state.cr2

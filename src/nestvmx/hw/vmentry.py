@@ -93,7 +93,8 @@ def _addr_ok(model: CpuModel, address: int, align: int = 0x1000) -> bool:
 
 
 def _pat_ok(pat: int) -> bool:
-    return all(((pat >> (8 * i)) & 0xFF) in (0, 1, 4, 5, 6, 7) for i in range(8))
+    """Every byte a memory type 0, 1, 4, 5, 6 or 7: none above 7, none with bit 1 set and bit 2 clear."""
+    return not (pat & 0xF8F8_F8F8_F8F8_F8F8 or pat & ~(pat >> 1) & 0x0202_0202_0202_0202)
 
 
 def control_allowed(model: CpuModel, kind: ControlKind, value: int) -> bool:
