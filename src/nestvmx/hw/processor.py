@@ -95,6 +95,7 @@ class LogicalProcessor:
         self.on_invalidate: Callable[[str, int, int | None], None] = lambda kind, type_, context: None
         self.events: Counter[str] = Counter()  # hardware events, for the cost model
         self.last_entry_check: str | None = None  # the VM-entry rule the last entry broke
+        self.entry_checks = vmentry.EntryChecks(model)
 
     # ----------------------------------------------------------------- helpers
 
@@ -337,16 +338,17 @@ class LogicalProcessor:
         if not launch and vmcs.launch_state is not LaunchState.LAUNCHED:
             return self._vmfail(VmxError.VMRESUME_NONLAUNCHED_VMCS)
         f = vmcs.fields
-        self.last_entry_check = vmentry.check_controls(self.model, f, self.memory)
-        if self.last_entry_check:
+        failure = self.entry_checks.first_failure(f, self.memory, self.current_vmcs, s)
+        stage = failure[0] if failure else None
+        if stage == vmentry.CONTROLS:
+            self.last_entry_check = failure[1]
             return self._vmfail(VmxError.ENTRY_INVALID_CONTROL_FIELD)
-        self.last_entry_check = vmentry.check_host_state(self.model, f, s)
-        if self.last_entry_check:
+        if stage == vmentry.HOST:
+            self.last_entry_check = failure[1]
             return self._vmfail(VmxError.ENTRY_INVALID_HOST_STATE_FIELD)
         self.events["vmentry"] += 1
-        failure = vmentry.check_guest_state(self.model, f, self.memory, self.current_vmcs)
-        if failure:
-            self.last_entry_check, qualification = failure
+        if stage == vmentry.GUEST:
+            self.last_entry_check, qualification = failure[1]
             return self._entry_failure(vmcs, ExitReason.INVALID_GUEST_STATE, qualification)
         # From here on the guest state is loaded (§27.3.2); an MSR-loading failure unloads it.
         saved = (s.cr0, s.cr3, s.cr4, s.efer)

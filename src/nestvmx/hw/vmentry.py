@@ -446,6 +446,63 @@ def check_guest_state(model: CpuModel, f: Fields, memory: PhysicalMemory, curren
     return None
 
 
+# Which group of checks failed (EntryChecks.first_failure): VMfailValid(7), VMfailValid(8), exit 33.
+CONTROLS, HOST, GUEST = "controls", "host", "guest"
+
+
+class EntryChecks:
+    """The VM-entry checks (§27.2, §27.3.1) of one processor, or of L0's checks of vmcs12s, kept by
+    their inputs.  The checks are a function of the VMCS's non-exit-information fields, the
+    processor model, the root state's IA32_EFER.LMA, the current-VMCS pointer and, for a valid
+    VMCS link pointer, the revision dword it points to; a guest looping on one exit enters the
+    same VMCS content again and again, and the result is reused instead of derived anew (Intel's
+    processors likewise skip consistency checks on an unmodified cached VMCS: Linux commit
+    3af80fec).  Checks that read other memory (the virtual-APIC page's VTPR, PAE PDPTEs without
+    EPT) always run."""
+
+    SIZE = 64  # results kept (oldest dropped): memory stays flat whatever the guest does
+
+    def __init__(self, model: CpuModel) -> None:
+        self.model = model
+        self.fields = tuple(e for e in model.fields if (e >> 10) & 3 != 1)  # all but exit information
+        self.results: dict[tuple, tuple[str, object] | None] = {}
+
+    def first_failure(
+        self, f: Fields, memory: PhysicalMemory, current_vmcs: int, root: CpuState
+    ) -> tuple[str, object] | None:
+        """("controls", rule), ("host", rule), ("guest", (rule, exit qualification)) or None."""
+        if _reads_other_memory(f):
+            return self._evaluate(f, memory, current_vmcs, root)
+        link = f.get(F.VMCS_LINK_POINTER, INVALID_POINTER)
+        linked = read_revision(memory, link) if link != INVALID_POINTER and _addr_ok(self.model, link) else None
+        key = (tuple(map(f.get, self.fields)), current_vmcs, root.efer & EFER_LMA, linked)
+        if key in self.results:
+            return self.results[key]
+        if len(self.results) >= self.SIZE:
+            del self.results[next(iter(self.results))]
+        result = self.results[key] = self._evaluate(f, memory, current_vmcs, root)
+        return result
+
+    def _evaluate(self, f: Fields, memory: PhysicalMemory, current_vmcs: int, root: CpuState):
+        rule = check_controls(self.model, f, memory)
+        if rule:
+            return CONTROLS, rule
+        rule = check_host_state(self.model, f, root)
+        if rule:
+            return HOST, rule
+        failure = check_guest_state(self.model, f, memory, current_vmcs)
+        return (GUEST, failure) if failure else None
+
+
+def _reads_other_memory(f: Fields) -> bool:
+    """Whether the checks read memory besides the link pointer's revision (VTPR, PAE PDPTEs)."""
+    if f[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.TPR_SHADOW:
+        return True
+    cr0, cr4 = f[F.GUEST_CR0], f[F.GUEST_CR4]
+    ia32e = f[F.VM_ENTRY_CONTROLS] & EntryCtls.IA32E_MODE_GUEST
+    return bool(cr0 & CR0_PG and cr4 & CR4_PAE and not ia32e and not _secondary(f) & SecondaryCtls.ENABLE_EPT)
+
+
 def _check_link_pointer(
     model: CpuModel, f: Fields, memory: PhysicalMemory, current_vmcs: int, secondary: int
 ) -> str | None:

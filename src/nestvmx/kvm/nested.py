@@ -125,6 +125,7 @@ class NestedVmx:
     def __init__(self, vcpu: VmxVcpu) -> None:
         self.vcpu = vcpu
         self.model = nested_model(vcpu.model)  # the processor L1 sees
+        self.entry_checks = vmentry.EntryChecks(self.model)  # L0's checks of vmcs12 (nested_vmx_check_*)
         self.l1_memory = vcpu.memory.window(vcpu.guest_size)
         self.vmxon = False
         self.vmxon_ptr = INVALID_POINTER
@@ -587,16 +588,15 @@ class NestedVmx:
             self.fail(VmxError.VMRESUME_NONLAUNCHED_VMCS)
             return None
         f = vmcs12.fields
-        if vmentry.check_controls(self.model, f, self.l1_memory):
+        failure = self.entry_checks.first_failure(f, self.l1_memory, self.current_vmptr, self.l1_state())
+        if failure and failure[0] == vmentry.CONTROLS:
             self.fail(VmxError.ENTRY_INVALID_CONTROL_FIELD)
             return None
-        l1 = self.l1_state()
-        if vmentry.check_host_state(self.model, f, l1):
+        if failure and failure[0] == vmentry.HOST:
             self.fail(VmxError.ENTRY_INVALID_HOST_STATE_FIELD)
             return None
-        failure = vmentry.check_guest_state(self.model, f, self.l1_memory, self.current_vmptr)
         if failure:
-            return self.entry_failure(ExitReason.INVALID_GUEST_STATE, failure[1])
+            return self.entry_failure(ExitReason.INVALID_GUEST_STATE, failure[1][1])
         bad_msr = self._load_msrs(f[F.VM_ENTRY_MSR_LOAD_ADDR], f[F.VM_ENTRY_MSR_LOAD_COUNT])
         if bad_msr is not None:
             return self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
