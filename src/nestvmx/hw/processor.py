@@ -246,74 +246,68 @@ class LogicalProcessor:
 
     def vmread(self, encoding: int) -> tuple[int, int]:
         """(status, value); value is 0 unless the status is VM_SUCCEED."""
-        self._root_prechecks()
-        return self._vmread(self.active_vmcs.get(self.current_vmcs), encoding, op64=True)
+        status, values = self.vmread_many((encoding,))
+        return status, values[0] if values else 0
 
     def vmwrite(self, encoding: int, value: int) -> int:
-        self._root_prechecks()
-        return self._vmwrite(self.active_vmcs.get(self.current_vmcs), encoding, value, op64=True)
+        return self.vmwrite_many(((encoding, value),))
 
     def vmread_many(self, encodings: Iterable[int]) -> tuple[int, list[int]]:
         """VMREADs of `encodings` in turn, as L0 executes them back to back: the same checks, events
         and RFLAGS as that many VMREADs (nothing changes the state in between).  Stops at the first
         that fails: (its status, the values read before it); else (VM_SUCCEED, all values)."""
         self._root_prechecks()
-        vmcs, values = self.active_vmcs.get(self.current_vmcs), []
-        for encoding in encodings:
-            status, value = self._vmread_lookup(vmcs, encoding, True)
-            if status != VM_SUCCEED:
-                self.events["vmread"] += len(values)
-                return self._set_status(status), values
-            values.append(value)
+        status, values = self._vmread_values(self.active_vmcs.get(self.current_vmcs), encodings, op64=True)
         self.events["vmread"] += len(values)
-        return self._set_status(VM_SUCCEED), values
+        return self._set_status(status), values
 
     def vmwrite_many(self, writes: Iterable[tuple[int, int]]) -> int:
         """VMWRITEs of (encoding, value) pairs in turn (see vmread_many); the status of the first
         that fails, else VM_SUCCEED."""
         self._root_prechecks()
-        vmcs = self.active_vmcs.get(self.current_vmcs)
-        for encoding, value in writes:
-            status = self._vmwrite(vmcs, encoding, value, op64=True)
-            if status != VM_SUCCEED:
-                return status
-        return VM_SUCCEED
+        return self._vmwrite_values(self.active_vmcs.get(self.current_vmcs), writes, op64=True)
 
-    def _vmread_lookup(self, vmcs: VmcsData | None, encoding: int, op64: bool) -> tuple[int, int]:
-        """(status, value) of a VMREAD, without side effects."""
+    def _vmread_values(self, vmcs: VmcsData | None, encodings: Iterable[int], op64: bool) -> tuple[int, list[int]]:
+        """(status, values) of VMREADs in turn, without side effects; stops at the first that fails."""
         if vmcs is None:
-            return VM_FAIL_INVALID, 0
-        access = self.model.vmcs_access.get(encoding)
-        if access is None:
-            return VmxError.UNSUPPORTED_VMCS_COMPONENT, 0
-        value = vmcs.fields.get(access[0], 0)
-        if access[1]:  # HIGH
-            value >>= 32
-        return VM_SUCCEED, value if op64 else value & 0xFFFF_FFFF
+            return VM_FAIL_INVALID, []
+        table, fields, values = self.model.vmcs_access, vmcs.fields, []
+        for encoding in encodings:
+            access = table.get(encoding)
+            if access is None:
+                return VmxError.UNSUPPORTED_VMCS_COMPONENT, values
+            value = fields.get(access[0], 0)
+            if access[1]:  # HIGH
+                value >>= 32
+            values.append(value if op64 else value & 0xFFFF_FFFF)
+        return VM_SUCCEED, values
 
-    def _vmread(self, vmcs: VmcsData | None, encoding: int, op64: bool) -> tuple[int, int]:
-        status, value = self._vmread_lookup(vmcs, encoding, op64)
-        if status == VM_SUCCEED:
-            self.events["vmread"] += 1
-        return self._set_status(status), value
-
-    def _vmwrite(self, vmcs: VmcsData | None, encoding: int, value: int, op64: bool, shadow: bool = False) -> int:
+    def _vmwrite_values(
+        self, vmcs: VmcsData | None, writes: Iterable[tuple[int, int]], op64: bool, shadow: bool = False
+    ) -> int:
+        """VMWRITEs in turn, with their status in RFLAGS; stops at the first that fails."""
         if vmcs is None:
             return self._set_status(VM_FAIL_INVALID)
-        access = self.model.vmcs_access.get(encoding)
-        if access is None:
-            return self._vmfail(VmxError.UNSUPPORTED_VMCS_COMPONENT)
-        full, high, mask, read_only = access
-        if read_only and not self.model.vmwrite_any_field:
-            return self._vmfail(VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT)
-        self.events["shadow_vmwrite" if shadow else "vmwrite"] += 1
-        if high:
-            value = (vmcs.fields.get(full, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
-        else:
-            # Outside 64-bit mode the source is 32 bits and the upper half of the field is cleared.
-            value &= mask if op64 else mask & 0xFFFF_FFFF
-        vmcs.fields[full] = value
-        return self._set_status(VM_SUCCEED)
+        table, fields, any_field = self.model.vmcs_access, vmcs.fields, self.model.vmwrite_any_field
+        status, written = VM_SUCCEED, 0
+        for encoding, value in writes:
+            access = table.get(encoding)
+            if access is None:
+                status = VmxError.UNSUPPORTED_VMCS_COMPONENT
+                break
+            full, high, mask, read_only = access
+            if read_only and not any_field:
+                status = VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT
+                break
+            if high:
+                value = (fields.get(full, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
+            else:
+                # Outside 64-bit mode the source is 32 bits and the upper half of the field is cleared.
+                value &= mask if op64 else mask & 0xFFFF_FFFF
+            fields[full] = value
+            written += 1
+        self.events["shadow_vmwrite" if shadow else "vmwrite"] += written
+        return self._set_status(status) if status == VM_SUCCEED else self._vmfail(status)
 
     def vmlaunch(self) -> int | VmExit | None:
         """None when the guest was entered; a status on VMfail; a VmExit on VM-entry failure."""
@@ -562,8 +556,9 @@ class LogicalProcessor:
     def _vmread_instr(
         self, vmcs: VmcsData | None, instr: VmxInstruction, memory: LinearMemory, op64: bool, shadow: bool = False
     ) -> int:
-        status, value = self._vmread_lookup(vmcs, self._reg(instr.reg, op64), op64)
+        status, values = self._vmread_values(vmcs, (self._reg(instr.reg, op64),), op64)
         if status == VM_SUCCEED:
+            value = values[0]
             # The destination is written last: a fault there leaves flags and VMCS untouched.
             if instr.mem is None:
                 self._set_reg(instr.rm_reg, value, op64)
@@ -584,7 +579,7 @@ class LogicalProcessor:
             value = int.from_bytes(
                 memory.read(self._linear_address(instr.mem, instr.length), 8 if op64 else 4), "little"
             )
-        return self._vmwrite(vmcs, encoding, value, op64, shadow)
+        return self._vmwrite_values(vmcs, ((encoding, value),), op64, shadow)
 
     # ------------------------------------------------------------ operands
 
