@@ -7,6 +7,7 @@ import pytest
 
 from nestvmx.arch.controls import PrimaryCtls, SecondaryCtls
 from nestvmx.arch.fields import Field as F
+from nestvmx.arch.fields import FieldType
 from nestvmx.hw import vmentry
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.processor import VM_SUCCEED
@@ -83,3 +84,31 @@ def test_checks_that_read_other_memory_always_run(model: CpuModel) -> None:
         "TPR threshold above VTPR",
     )
     assert not checks.results
+
+
+class _Recording(dict):
+    """A VMCS's fields that remember which ones were read."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.read: set[int] = set()
+
+    def __getitem__(self, key: int) -> int:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: int, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def test_checks_read_no_exit_information_field(model: CpuModel) -> None:
+    """The kept results leave the exit-information fields out of their key: no check may read one."""
+    read: set[int] = set()
+    for c in ALL_CASES:
+        if c.tweak is None and (c.needs is None or c.needs.check(model)):
+            cpu = prepare(model, c)
+            f = _Recording(cpu.current.fields)
+            vmentry.EntryChecks(model)._evaluate(f, cpu.memory, cpu.current_vmcs, cpu.state)
+            read |= f.read
+    assert read and not [F(e).name for e in read if model.fields[e].type is FieldType.READ_ONLY]

@@ -91,7 +91,8 @@ _OLD_EXCEPTION_OFFSET = 5536
 
 
 class _ExceptionStateReset:
-    """Clears that record of one instance, through a context saved and restored in place."""
+    """Clears QEMU's record of the exception in progress (above) in one instance, through one
+    context saved and restored in place (a new context per run cost ~3.5 us)."""
 
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
@@ -148,7 +149,7 @@ class GuestContext:
         self.scanned_code: dict[tuple[int, int], tuple[int, bytes]] = {}  # (CR3, block) -> (host address, bytes)
         self.code_pages: dict[int, bytes] = {}  # host pages holding translated code -> their bytes then
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
-        self.decoded: dict = {}  # (CR3, RIP) -> (host address, bytes, VmxInstruction) of VMX instructions
+        self.decoded: dict = {}  # (CR3, RIP, decoder) -> (host address, bytes, instruction) (see _decoded_at)
         self.counter = InstructionCounter(stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
         self.reset_exception_state = _ExceptionStateReset(self.uc)
         self._map_memory()

@@ -21,6 +21,7 @@ from nestvmx.arch.controls import (
 )
 from nestvmx.arch.exit_reasons import EntryFailureQualification
 from nestvmx.arch.fields import Field as F
+from nestvmx.arch.fields import FieldType
 from nestvmx.arch.msr import (
     EPT_CAP_AD_BITS,
     EPT_CAP_MEMTYPE_UC,
@@ -464,7 +465,7 @@ class EntryChecks:
 
     def __init__(self, model: CpuModel) -> None:
         self.model = model
-        self.fields = tuple(e for e in model.fields if (e >> 10) & 3 != 1)  # all but exit information
+        self.fields = tuple(e for e, field in model.fields.items() if field.type is not FieldType.READ_ONLY)
         self.results: dict[tuple, tuple[str, object] | None] = {}
 
     def first_failure(
