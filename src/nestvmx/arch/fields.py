@@ -27,12 +27,12 @@ class FieldWidth(enum.IntEnum):
 
     @property
     def bytes(self) -> int:
-        return {0: 2, 1: 8, 2: 4, 3: 8}[self.value]
+        return (2, 8, 4, 8)[self]
 
     @property
     def mask(self) -> int:
         """The bits a VMWRITE keeps (natural width is 64 bits on Intel 64 processors)."""
-        return (1 << (8 * self.bytes)) - 1
+        return (0xFFFF, 0xFFFF_FFFF_FFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF)[self]
 
 
 class FieldType(enum.IntEnum):
