@@ -23,6 +23,7 @@ from nestvmx.kvm.migration import (
 from nestvmx.kvm.platform import build_platform, initial_rsp, initial_state
 from nestvmx.kvm.stats import RunStats
 from nestvmx.kvm.vm import MAX_VCPUS, Kvm, Schedule
+from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS
 from nestvmx.measure.cost_model import CostModel, default_cost_model
 from nestvmx.snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot
 
@@ -39,14 +40,23 @@ class RunResult:
 
 
 class Host:
-    """A machine with one processor model; `shadow_vmcs` is L0's enable_shadow_vmcs; `costs` names
-    the cost model (a built-in calibration era or a TOML file) that turns events into cycles."""
+    """A machine with one processor model; `shadow_vmcs` is L0's enable_shadow_vmcs and
+    `shadow_fields` the KVM version whose shadow field lists L0 uses ("current", "linux-4.10");
+    `costs` names the cost model (a built-in calibration era or a TOML file) that turns events
+    into cycles."""
 
     def __init__(
-        self, cpu: str = DEFAULT_CPU_MODEL, shadow_vmcs: bool | None = None, costs: str | Path | None = None
+        self,
+        cpu: str = DEFAULT_CPU_MODEL,
+        shadow_vmcs: bool | None = None,
+        costs: str | Path | None = None,
+        shadow_fields: str = "current",
     ) -> None:
         self.model = get_cpu_model(cpu)
         self.shadow_vmcs = self.model.has_vmcs_shadowing if shadow_vmcs is None else shadow_vmcs
+        if shadow_fields not in SHADOW_FIELD_LISTS:
+            raise ValueError(f"unknown shadow field lists {shadow_fields!r} (known: {', '.join(SHADOW_FIELD_LISTS)})")
+        self.shadow_fields = shadow_fields
         self.cost_model = CostModel.load(costs or default_cost_model(cpu))
 
     def create_vm(self, memory_mib: int = 64, vcpus: int = 1, schedule: str = "rr") -> VM:
@@ -119,6 +129,7 @@ class VM:
             lambda line: self.trace_sink and self.trace_sink(line),
             self.host.shadow_vmcs,
             self.schedule,
+            self.host.shadow_fields,
         )
 
     def save(self, path: str | Path) -> None:

@@ -217,3 +217,23 @@ def test_missing_program_and_compile_error(tmp_path: Path) -> None:
     bad.write_text("int main(void) { return undefined_thing; }\n")
     result = run_cli(str(bad))
     assert result.exit_code == STATUS_CANNOT_RUN and "building bad.c failed" in result.output
+
+
+def test_ia32_debugctl_as_kvm_offers_it(tmp_path: Path) -> None:
+    """L0 keeps IA32_DEBUGCTL in the VMCS (GUEST_IA32_DEBUGCTL), drops LBR and BTF on a write and
+    refuses other bits with #GP, as KVM's vmx_set_msr does when it offers no debug features."""
+    source = tmp_path / "debugctl.c"
+    source.write_text(
+        "#include <nestvmx.h>\n"
+        "int main(void) {\n"
+        "    if (rdmsr(0x1d9) != 0) return 1;\n"
+        "    wrmsr(0x1d9, 3);\n"
+        "    if (rdmsr(0x1d9) != 0) return 2;\n"
+        '    puts("ok\\n");\n'
+        "    wrmsr(0x1d9, 4);\n"
+        "    return 3;\n"
+        "}\n"
+    )
+    result = run_guest([source], "haswell")
+    assert result.outcome == "crash" and "#GP" in result.message, result
+    assert result.console == "ok\n"

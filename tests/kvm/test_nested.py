@@ -75,10 +75,10 @@ def test_minivisor_workloads(workload: str, cpu: str) -> None:
     assert large["nested"]["ept02_fills"] == 1 + (30 if workload == "pagetouch" else 0)
 
 
-@pytest.mark.parametrize("footprint, exits", [("kvm2010", 13), ("kvm", 9), ("minimal", 6)])
+@pytest.mark.parametrize("footprint, exits", [("kvm2010", 13), ("kvm", 9), ("kvm2017", 11), ("minimal", 6)])
 def test_l0_exits_per_nested_cpuid_without_shadowing(footprint: str, exits: int) -> None:
-    """The L2 exit + L1's VMREADs + VMWRITEs + VMRESUME: kvm2010 1 + 7 + 4 + 1 (Turtles' 13),
-    kvm 1 + 6 + 1 + 1, minimal 1 + 3 + 1 + 1 (footprints.py)."""
+    """The L2 exit + L1's VMREADs + VMWRITEs (+ RDMSRs) + VMRESUME: kvm2010 1 + 7 + 4 + 1 (Turtles'
+    13), kvm 1 + 6 + 1 + 1, kvm2017 1 + 7 + 1 + 1 + 1, minimal 1 + 3 + 1 + 1 (footprints.py)."""
     small, large = (Host(shadow_vmcs=False).create_vm() for _ in range(2))
     small.load(build_minivisor("cpuid", 10, footprint))
     large.load(build_minivisor("cpuid", 60, footprint))
@@ -123,3 +123,23 @@ def test_nested_capabilities_offer_only_what_l0_emulates() -> None:
     assert not n.has_vmcs_shadowing and n.vmwrite_any_field  # MISC bit 29 as KVM offers it
     assert "VMREAD_BITMAP" not in {f.name for f in n.fields.values()}
     assert "EPT_POINTER" in {f.name for f in n.fields.values()}
+
+
+@pytest.mark.parametrize("shadow_fields, exits", [("linux-4.10", 4), ("current", 3)])
+def test_l0_exits_per_nested_hypercall_of_linux_4_10(shadow_fields: str, exits: int) -> None:
+    """NEVE's setting: L1 Linux 4.10 (kvm2017) on an L0 with VMCS shadowing.  With 4.10's shadow
+    field lists in L0: the VMCALL, L1's VMREAD of GUEST_SS_AR_BYTES (vmx_get_cpl; not in 4.10's
+    lists), its RDMSR of IA32_DEBUGCTL (get_debugctlmsr) and VMRESUME; today's lists shadow SS AR."""
+    counts = []
+    for iterations in (10, 60):
+        vm = Host(shadow_fields=shadow_fields).create_vm()
+        vm.load(build_minivisor("vmcall", iterations, "kvm2017"))
+        stats = vm.run().stats
+        counts.append((stats["l0_exits"]["total"], stats["l0_exits"]["by_reason"].get("RDMSR", 0)))
+    assert (counts[1][0] - counts[0][0]) / 50 == exits
+    assert counts[1][1] - counts[0][1] == 50  # one RDMSR of IA32_DEBUGCTL per round
+
+
+def test_unknown_shadow_field_lists_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown shadow field lists"):
+        Host(shadow_fields="linux-2.6")

@@ -9,23 +9,24 @@ import pytest
 
 from nestvmx.api import Host
 from nestvmx.guests.build import build_guest, build_minivisor
-from nestvmx.kvm.vmcs_shadow_fields import SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
+from nestvmx.guests.footprints import FOOTPRINTS
+from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS, SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 GUESTS = ROOT / "tests" / "guests"
 PROGRAMS = sorted((GUESTS / "conformance").glob("*.c")) + [GUESTS / "shadow_counts.c", ROOT / "examples" / "hello.c"]
 
 
-def run(elf: Path, shadow: bool, cpu: str = "haswell"):
-    vm = Host(cpu, shadow_vmcs=shadow).create_vm()
+def run(elf: Path, shadow: bool, cpu: str = "haswell", shadow_fields: str = "current"):
+    vm = Host(cpu, shadow_vmcs=shadow, shadow_fields=shadow_fields).create_vm()
     vm.load(elf)
     result = vm.run(max_exits=200_000)
     return result, bytes(vm.kvm.vcpus[0].memory.buffer[: vm.memory_size])
 
 
-def assert_invisible(elf: Path) -> tuple[dict, dict]:
+def assert_invisible(elf: Path, shadow_fields: str = "current") -> tuple[dict, dict]:
     """Everything L1 can observe is identical with and without shadowing: console, status, memory."""
-    (on, mem_on), (off, mem_off) = run(elf, True), run(elf, False)
+    (on, mem_on), (off, mem_off) = run(elf, True, shadow_fields=shadow_fields), run(elf, False)
     assert (on.outcome, on.status, on.console) == (off.outcome, off.status, off.console)
     assert mem_on == mem_off, "L1's memory (incl. its vmcs12 regions) differs"
     assert on.stats["instructions"] == off.stats["instructions"]
@@ -44,6 +45,19 @@ def test_minivisor_is_unaware_of_shadowing_and_exits_less(workload: str) -> None
     assert on["l0_exits"]["total"] < off["l0_exits"]["total"]
     assert on["nested"] == off["nested"]
     assert on["l0_exits"]["from_l2"] == off["l0_exits"]["from_l2"]
+
+
+@pytest.mark.parametrize("footprint", sorted(FOOTPRINTS))
+@pytest.mark.parametrize("shadow_fields", sorted(SHADOW_FIELD_LISTS))
+def test_every_footprint_and_field_list_is_invisible(footprint: str, shadow_fields: str) -> None:
+    """Each L1 footprint under L0's shadow field lists of each KVM version: invisible to L1."""
+    on, off = assert_invisible(build_minivisor("mix", 8, footprint), shadow_fields)
+    assert on["l0_exits"]["from_l2"] == off["l0_exits"]["from_l2"]
+
+
+@pytest.mark.parametrize("program", [p for p in PROGRAMS if p.stem in ("vmx_instructions", "shadow_counts")])
+def test_programs_are_unaware_of_linux_4_10_shadowing(program: Path) -> None:
+    assert_invisible(build_guest([program]), "linux-4.10")
 
 
 def test_exact_counts_for_known_accesses() -> None:

@@ -4,8 +4,10 @@ exit, so nested runs see the VMCS traffic of that hypervisor.
 
 Sources (read in the code, see each entry): Linux arch/x86/kvm/vmx.c, x86.c and kvm_cache_regs.h
 at mainline 4668f050787015805a7e8ea29cc4f81d8f07cedb (the last KVM commit before the kvm-87
-release of 2009-06-22, the version the Turtles paper ran), and arch/x86/kvm/vmx/vmx.c of Linux
-6.16.1.  Only accesses that reach the VMCS are listed (cached register reads happen once per exit).
+release of 2009-06-22, the version the Turtles paper ran), arch/x86/kvm/vmx.c and x86.c of Linux
+4.10 (the NEVE paper's L1; duzhen16/linux-4.10), and arch/x86/kvm/vmx/vmx.c of Linux 6.16.1.  Only
+accesses that reach the VMCS are listed (cached register reads happen once per exit), plus the
+MSRs a hypervisor reads on every round (an L0 that intercepts them takes an exit for each).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 
 from nestvmx.arch.exit_reasons import ExitReason as R
 from nestvmx.arch.fields import Field as F
+from nestvmx.arch.msr import Msr
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Footprint:
     common_reads: tuple[F, ...]  # on every exit, before the exit reason is known (VM_EXIT_REASON among them)
     reads: dict[R, tuple[F, ...]] = field(default_factory=dict)  # then, per exit reason
     writes: dict[R, tuple[F, ...]] = field(default_factory=dict)  # before the next entry, per exit reason
+    msr_reads: tuple[int, ...] = ()  # RDMSRs before every entry, after the writes
 
 
 _SKIP_2010 = (F.VM_EXIT_INSTRUCTION_LEN, F.GUEST_INTERRUPTIBILITY_INFO)  # skip_emulated_instruction
@@ -73,6 +77,28 @@ KVM = Footprint(
     writes={r: (F.GUEST_RIP,) for r in (R.CPUID, R.IO_INSTRUCTION, R.RDMSR, R.WRMSR, R.VMCALL, R.HLT)},
 )
 
+_SKIP_4_10 = (F.GUEST_RFLAGS, F.GUEST_RIP, F.VM_EXIT_INSTRUCTION_LEN, F.GUEST_INTERRUPTIBILITY_INFO)  # kvm_skip_...
+
+KVM2017 = Footprint(
+    "kvm2017",
+    "Linux 4.10 KVM as L1, NEVE's (SOSP 2017), as offered here: no APICv (no GUEST_INTR_STATUS read), no PML",
+    # vmx_vcpu_run (IDT vectoring, exit reason), vmx_handle_external_intr (run on every exit)
+    (F.IDT_VECTORING_INFO_FIELD, F.VM_EXIT_REASON, F.VM_EXIT_INTR_INFO),
+    reads={
+        # kvm_skip_emulated_instruction: vmx_get_rflags, skip_emulated_instruction (RIP, length),
+        # vmx_set_interrupt_shadow; the hypercall then asks is_64_bit_mode and vmx_get_cpl (SS AR).
+        R.CPUID: _SKIP_4_10,
+        R.IO_INSTRUCTION: (F.EXIT_QUALIFICATION, *_SKIP_4_10),
+        R.RDMSR: _SKIP_4_10,  # an MSR of the generic path
+        R.WRMSR: _SKIP_4_10,
+        R.VMCALL: (*_SKIP_4_10, F.GUEST_CS_AR_BYTES, F.GUEST_SS_AR_BYTES),  # kvm_emulate_hypercall
+        R.HLT: _SKIP_4_10,
+        R.EPT_VIOLATION: (F.EXIT_QUALIFICATION, F.GUEST_PHYSICAL_ADDRESS),
+    },
+    writes={r: (F.GUEST_RIP,) for r in (R.CPUID, R.IO_INSTRUCTION, R.RDMSR, R.WRMSR, R.VMCALL, R.HLT)},
+    msr_reads=(Msr.IA32_DEBUGCTL,),  # vmx_vcpu_run: debugctlmsr = get_debugctlmsr() before every entry
+)
+
 MINIMAL = Footprint(
     "minimal",
     "the least a hypervisor can do: exit reason, and the instruction length and RIP to skip",
@@ -85,7 +111,7 @@ MINIMAL = Footprint(
     writes={r: (F.GUEST_RIP,) for r in (R.CPUID, R.IO_INSTRUCTION, R.RDMSR, R.WRMSR, R.VMCALL, R.HLT)},
 )
 
-FOOTPRINTS: dict[str, Footprint] = {fp.name: fp for fp in (KVM, KVM2010, MINIMAL)}
+FOOTPRINTS: dict[str, Footprint] = {fp.name: fp for fp in (KVM, KVM2010, KVM2017, MINIMAL)}
 DEFAULT_FOOTPRINT = "kvm"
 
 
@@ -109,5 +135,6 @@ def c_header(fp: Footprint) -> str:
     lines += [f"    [{int(r)}] = {row(fields)}," for r, fields in fp.writes.items()]
     lines += ["};", "static const u8 fp_nwrites[64] = {"]
     lines += [f"    [{int(r)}] = {len(fields)}," for r, fields in fp.writes.items()]
-    lines += ["};", ""]
+    lines += ["};", f"#define FP_NMSRS {len(fp.msr_reads)}"]
+    lines += [f"static const u32 fp_msrs[FP_NMSRS + 1] = {{{''.join(f'{m:#x}, ' for m in fp.msr_reads)}0}};", ""]
     return "\n".join(lines)

@@ -45,7 +45,7 @@ from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import ABORT_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
-from nestvmx.kvm.vmcs_shadow_fields import SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
+from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS
 
 if TYPE_CHECKING:
     from nestvmx.kvm.vmx import RunEnd, VmxVcpu
@@ -143,13 +143,12 @@ class NestedVmx:
         self.enable_shadow_vmcs = vcpu.enable_shadow_vmcs
         self.shadow_vmcs: int | None = None  # one per vCPU, allocated at VMXON
         self.sync_shadow_vmcs = False
+        read_only, read_write = SHADOW_FIELD_LISTS[vcpu.kvm.shadow_fields]
         usable = [
-            f
-            for f in (*SHADOW_READ_ONLY_FIELDS, *SHADOW_READ_WRITE_FIELDS)
-            if f in vcpu.model.fields and f in self.model.fields
+            f for f in (*read_only, *read_write) if f in vcpu.model.fields and f in self.model.fields
         ]  # dropped where L1 or the CPU lacks them
-        self.shadow_read_write = [f for f in usable if f in SHADOW_READ_WRITE_FIELDS]
-        self.shadow_read_only = frozenset(f for f in usable if f not in SHADOW_READ_WRITE_FIELDS)
+        self.shadow_read_write = [f for f in usable if f in read_write]
+        self.shadow_read_only = frozenset(f for f in usable if f not in read_write)
         self.shadow_fields = usable
 
     def init_vmcs_shadow_fields(self) -> tuple[int, int]:

@@ -70,6 +70,7 @@ class Kvm:
         trace: Callable[[str], None] | None = None,
         enable_shadow_vmcs: bool = True,
         schedule: Schedule = Schedule(),
+        shadow_fields: str = "current",
     ) -> None:
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ValueError(f"a VM has 1 to {MAX_VCPUS} vCPUs, not {vcpus}")
@@ -80,6 +81,7 @@ class Kvm:
         # KVM's module parameter, honoured only where the processor can shadow (cpu_has_vmx_shadow_vmcs:
         # secondary control bit 14 and IA32_VMX_MISC bit 29, to VMWRITE the exit fields into the shadow).
         self.enable_shadow_vmcs = enable_shadow_vmcs and model.has_vmcs_shadowing and model.vmwrite_any_field
+        self.shadow_fields = shadow_fields  # which KVM's shadow field lists (vmcs_shadow_fields.SHADOW_FIELD_LISTS)
         self.guest_size = guest_size
         self.memory = PhysicalMemory(guest_size + L0_AREA_PER_VCPU * vcpus)
         self.console = console

@@ -56,3 +56,55 @@ SHADOW_READ_WRITE_FIELDS: tuple[F, ...] = (
     F.HOST_FS_BASE,
     F.HOST_GS_BASE,
 )
+
+# Linux 4.10 (arch/x86/kvm/vmx.c, shadow_read_only_fields[] and shadow_read_write_fields[]), the
+# L0 of the NEVE measurements (SOSP 2017): before the 2018-2019 rework, with guest CS state, ES
+# base and TSC_OFFSET shadowed but not GUEST_SS_AR_BYTES, GUEST_INTR_STATUS or the PIN-based
+# controls.  Read in duzhen16/linux-4.10 (Makefile 4.10.0).
+SHADOW_READ_ONLY_FIELDS_4_10: tuple[F, ...] = (
+    F.VM_EXIT_REASON,
+    F.VM_EXIT_INTR_INFO,
+    F.VM_EXIT_INSTRUCTION_LEN,
+    F.IDT_VECTORING_INFO_FIELD,
+    F.IDT_VECTORING_ERROR_CODE,
+    F.VM_EXIT_INTR_ERROR_CODE,
+    F.EXIT_QUALIFICATION,
+    F.GUEST_LINEAR_ADDRESS,
+    F.GUEST_PHYSICAL_ADDRESS,
+)
+
+SHADOW_READ_WRITE_FIELDS_4_10: tuple[F, ...] = (
+    F.TPR_THRESHOLD,
+    F.GUEST_RIP,
+    F.GUEST_RSP,
+    F.GUEST_CR0,
+    F.GUEST_CR3,
+    F.GUEST_CR4,
+    F.GUEST_INTERRUPTIBILITY_INFO,
+    F.GUEST_RFLAGS,
+    F.GUEST_CS_SELECTOR,
+    F.GUEST_CS_AR_BYTES,
+    F.GUEST_CS_LIMIT,
+    F.GUEST_CS_BASE,
+    F.GUEST_ES_BASE,
+    F.GUEST_BNDCFGS,
+    F.CR0_GUEST_HOST_MASK,
+    F.CR0_READ_SHADOW,
+    F.CR4_READ_SHADOW,
+    F.TSC_OFFSET,
+    F.EXCEPTION_BITMAP,
+    F.CPU_BASED_VM_EXEC_CONTROL,
+    F.VM_ENTRY_EXCEPTION_ERROR_CODE,
+    F.VM_ENTRY_INTR_INFO_FIELD,
+    F.VM_ENTRY_INSTRUCTION_LEN,
+    F.HOST_FS_BASE,
+    F.HOST_GS_BASE,
+    F.HOST_FS_SELECTOR,
+    F.HOST_GS_SELECTOR,
+)
+
+# L0's lists by KVM version: (read-only, read-write).
+SHADOW_FIELD_LISTS: dict[str, tuple[tuple[F, ...], tuple[F, ...]]] = {
+    "current": (SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS),
+    "linux-4.10": (SHADOW_READ_ONLY_FIELDS_4_10, SHADOW_READ_WRITE_FIELDS_4_10),
+}

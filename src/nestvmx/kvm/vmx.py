@@ -41,6 +41,8 @@ CONSOLE_PORT = 0xE9
 EXIT_PORT = 0xF4
 KVM_ENOSYS = 1000
 _HOST_RIP = 0xFFFF_FFFF_8100_0000  # where L0's VM-exit handler would be
+# IA32_DEBUGCTL bits KVM drops on a write instead of #GP: LBR and BTF (vmx_set_msr, 6.x).
+_DEBUGCTL_IGNORED = 0b11
 _CR0_HOST_OWNED = CR0_PE | CR0_NE | CR0_PG | CR0_NW | CR0_CD
 _CR4_HOST_OWNED = CR4_VMXE | CR4_PAE
 _CR0_FIXED = CR0_PE | CR0_NE | CR0_PG  # what the processor requires of the real CR0 of a guest
@@ -372,6 +374,7 @@ class VmxVcpu:
         Msr.IA32_SYSENTER_CS: F.GUEST_SYSENTER_CS,
         Msr.IA32_SYSENTER_ESP: F.GUEST_SYSENTER_ESP,
         Msr.IA32_SYSENTER_EIP: F.GUEST_SYSENTER_EIP,
+        Msr.IA32_DEBUGCTL: F.GUEST_IA32_DEBUGCTL,  # KVM's vmx_get_msr/vmx_set_msr (MSR_IA32_DEBUGCTLMSR)
     }
     # MSRs kept by L0 for the guest with their reset values (KVM's kvm_get/set_msr_common subset).
     _SOFTWARE_MSRS = {
@@ -404,8 +407,10 @@ class VmxVcpu:
                 return False
             self.vmwrite(F.GUEST_IA32_EFER, value)
             return True
+        if index == Msr.IA32_DEBUGCTL and value & ~_DEBUGCTL_IGNORED:
+            return False  # no LBR or other debug features are offered (KVM: vmx_get_supported_debugctl)
         if index in self._VMCS_MSRS:
-            self.vmwrite(self._VMCS_MSRS[index], value)
+            self.vmwrite(self._VMCS_MSRS[index], value & ~_DEBUGCTL_IGNORED if index == Msr.IA32_DEBUGCTL else value)
             return True
         if index in self._SOFTWARE_MSRS:
             self.guest_msrs[index] = value

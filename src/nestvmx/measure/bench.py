@@ -41,9 +41,18 @@ class BenchRow:
         }
 
 
-def _run(workload: str, config: str, iterations: int, cpu: str, costs: str | None, footprint: str, vcpus: int) -> dict:
+def _run(
+    workload: str,
+    config: str,
+    iterations: int,
+    cpu: str,
+    costs: str | None,
+    footprint: str,
+    vcpus: int,
+    shadow_fields: str,
+) -> dict:
     nested = config.startswith("nested")
-    host = Host(cpu, shadow_vmcs=config == "nested-shadow", costs=costs)
+    host = Host(cpu, shadow_vmcs=config == "nested-shadow", costs=costs, shadow_fields=shadow_fields)
     vm = host.create_vm(vcpus=vcpus)
     vm.load(
         build_minivisor(workload, iterations, footprint, vcpus)
@@ -71,8 +80,10 @@ def run_bench(
     footprint: str = DEFAULT_FOOTPRINT,
     progress: Callable[[str], None] = lambda _: None,
     vcpus: int = 1,
+    shadow_fields: str = "current",
 ) -> list[BenchRow]:
-    """The table's rows; with `vcpus` > 1 every vCPU runs the workload (one L2 each, nested)."""
+    """The table's rows; with `vcpus` > 1 every vCPU runs the workload (one L2 each, nested);
+    `shadow_fields` names L0's shadow field lists (Host)."""
     model = CostModel.load(costs) if costs else Host(cpu).cost_model
     rows = []
     configs = [c for c in CONFIGS if c != "nested-shadow" or Host(cpu).shadow_vmcs]
@@ -81,7 +92,9 @@ def run_bench(
         for config in configs:
             progress(f"{workload} / {config}")
             base, full = (
-                _run(workload, "single" if config == "native" else config, n, cpu, costs, footprint, vcpus)
+                _run(
+                    workload, "single" if config == "native" else config, n, cpu, costs, footprint, vcpus, shadow_fields
+                )
                 for n in (iterations, 2 * iterations)
             )
             if config == "native":

@@ -166,6 +166,7 @@ int main(void) {
         u64 next_rip;
         if (handle_exit(c, reason, &next_rip)) break;
         footprint_writes(c, reason, next_rip);
+        for (int i = 0; i < FP_NMSRS; i++) (void)rdmsr(fp_msrs[i]);
     }
     must(vmclear(&pa), "VMCLEAR failed");
     must(vmxoff(), "VMXOFF failed");
