@@ -75,6 +75,7 @@ _CR_NUMBER = {
     iced_x86.Register.CR4: 4,
     iced_x86.Register.CR8: 8,
 }
+_INVALID_INSTRUCTION = iced_x86.DecoderError.INVALID_INSTRUCTION
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 # What the shadow-VMCS fast path reads from Unicorn, in one batch.
@@ -462,8 +463,11 @@ class Engine:
         if code and (pc & 0xFFF) + len(code) <= 0x1000:  # within one page: remember where it lives
             ctx.scanned_code[(cr3, pc)] = (self._block_hpa(memory, pc), code)
         found = False
-        for ins in iced_x86.Decoder(64, code, ip=pc):
-            if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES:
+        decoder = iced_x86.Decoder(64, code, ip=pc)
+        for ins in decoder:
+            # An encoding the SDM makes #UD that QEMU may execute anyway (e.g. LOCK RDTSC): stop there too.
+            undefined = ins.code == iced_x86.Code.INVALID and decoder.last_error == _INVALID_INSTRUCTION
+            if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES or undefined:
                 if ins.ip not in ctx.hooked:
                     ctx.hook_special(ins.ip)
                     found = True
@@ -587,6 +591,8 @@ class Engine:
     def _special(self, rip: int) -> VmExit | None:
         s, f = self.cpu.state, self.cpu.current.fields
         ins = self._decoded_at(s.cr3, rip, _decode_x86)
+        if ins.code == iced_x86.Code.INVALID:
+            return self._exception(Vector.UD)
         if ins.mnemonic == _M.CPUID:
             return self._exit(ExitReason.CPUID, length=ins.len)
         if ins.mnemonic in _IO:

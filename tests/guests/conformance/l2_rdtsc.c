@@ -4,13 +4,14 @@
 
 #include "../tap.h"
 
-extern char l2_rdtsc[];
+extern char l2_rdtsc[], l2_lock_rdtsc[];
 
 /* Two RDTSCs; the second result minus the first ends in RAX, then VMCALL. */
 __asm__(".text\n"
         "l2_rdtsc: rdtsc\n shlq $32, %rdx\n orq %rax, %rdx\n movq %rdx, %rbx\n"
         " rdtsc\n shlq $32, %rdx\n orq %rdx, %rax\n subq %rbx, %rax\n vmcall\n"
-        "1: hlt\n jmp 1b\n");
+        "1: hlt\n jmp 1b\n"
+        "l2_lock_rdtsc: .byte 0xf0, 0x0f, 0x31\n vmcall\n");  /* LOCK RDTSC: #UD (SDM Vol. 2A, LOCK) */
 
 int main(void) {
     ok(l1_start() == 0, "VMXON, VMCLEAR and VMPTRLD");
@@ -24,6 +25,13 @@ int main(void) {
     r = vmx_run(0, &g);
     vmread(VM_EXIT_REASON, &reason);
     ok(r == 0 && reason == 18 && (long long)g.rax > 0, "without it RDTSC runs in L2 and the counter moves forward");
+    vmw(CPU_BASED_VM_EXEC_CONTROL, vmr(CPU_BASED_VM_EXEC_CONTROL) | 1u << 12);
+    vmw(EXCEPTION_BITMAP, 1u << 6);
+    vmw(GUEST_RIP, (u64)l2_lock_rdtsc);
+    r = vmx_run(0, &g);
+    vmread(VM_EXIT_REASON, &reason);
+    u64 info = vmr(0x4404);  /* VM-exit interruption information */
+    ok(r == 0 && reason == 0 && (info & 0x80000fff) == 0x80000306, "LOCK RDTSC in L2 is #UD, not an RDTSC exit");
     ok(l1_stop() == 0, "VMCLEAR and VMXOFF");
     puts(failures ? "FAIL\n" : "PASS\n");
     puts("END\n");
