@@ -20,8 +20,8 @@ from nestvmx.arch.controls import (
     SecondaryCtls,
 )
 from nestvmx.arch.exit_reasons import EntryFailureQualification
+from nestvmx.arch.fields import VMCS_FIELDS, FieldType
 from nestvmx.arch.fields import Field as F
-from nestvmx.arch.fields import FieldType
 from nestvmx.arch.msr import (
     EPT_CAP_AD_BITS,
     EPT_CAP_MEMTYPE_UC,
@@ -453,7 +453,7 @@ CONTROLS, HOST, GUEST = "controls", "host", "guest"
 
 class EntryChecks:
     """The VM-entry checks (§27.2, §27.3.1) of one processor, or of L0's checks of vmcs12s, kept by
-    their inputs.  The checks are a function of the VMCS's non-exit-information fields, the
+    their inputs.  The checks are a function of the VMCS's fields other than exit information, the
     processor model, the root state's IA32_EFER.LMA, the current-VMCS pointer and, for a valid
     VMCS link pointer, the revision dword it points to; a guest looping on one exit enters the
     same VMCS content again and again, and the result is reused instead of derived anew (Intel's
@@ -465,7 +465,8 @@ class EntryChecks:
 
     def __init__(self, model: CpuModel) -> None:
         self.model = model
-        self.fields = tuple(e for e, field in model.fields.items() if field.type is not FieldType.READ_ONLY)
+        # Every field of the catalogue, not only the model's: a vmcs12 read from memory may hold others.
+        self.fields = tuple(field.encoding for field in VMCS_FIELDS if field.type is not FieldType.READ_ONLY)
         self.results: dict[tuple, tuple[str, object] | None] = {}
 
     def first_failure(
