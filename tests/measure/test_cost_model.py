@@ -101,3 +101,14 @@ def test_bench_plot_and_reproduce_cli(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     result = CliRunner().invoke(main, ["bench", "--reproduce", "neve", "--iterations", "10"])
     assert result.exit_code == 0 and "NEVE Table 7" in result.output and "validation" in result.output
+
+
+def test_bench_with_linux_4_10_shadow_fields() -> None:
+    """`--footprint kvm2017 --shadow-fields linux-4.10`: NEVE's software, 4 L0 exits per nested hypercall
+    with shadowing (13 without)."""
+    args = ["--workload", "vmcall", "--iterations", "20", "--footprint", "kvm2017", "--shadow-fields", "linux-4.10"]
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│") for line in result.output.splitlines() if line.startswith("│ vmcall")]
+    per_l2_exit = {row[2].strip(): row[5].strip() for row in rows}
+    assert per_l2_exit == {"native": "0.00", "single": "1.00", "nested": "13.00", "nested-shadow": "4.00"}

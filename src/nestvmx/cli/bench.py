@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from nestvmx.cli.run import vcpus_option
+from nestvmx.cli.run import shadow_fields_option, vcpus_option
 from nestvmx.guests.build import L2_WORKLOADS
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
@@ -46,6 +46,7 @@ from nestvmx.measure.reproduce import EXPERIMENTS
 )
 @click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era).")
 @vcpus_option
+@shadow_fields_option
 @click.option(
     "--reproduce", type=click.Choice(sorted(EXPERIMENTS)), help="Set up a published experiment; print model vs. paper."
 )
@@ -68,6 +69,7 @@ def bench(
     footprint: str,
     costs: str | None,
     vcpus: int,
+    shadow_fields: str,
     reproduce: str | None,
     plot_path: Path | None,
     json_path: Path | None,
@@ -91,6 +93,7 @@ def bench(
                 footprint,
                 lambda what: progress.update(task, advance=1, description=what),
                 vcpus,
+                shadow_fields,
             )
     except CostModelError as err:
         click.echo(f"nestvmx: {err}", err=True)

@@ -18,6 +18,7 @@ from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.kvm.loader import ProgramError
 from nestvmx.kvm.vm import MAX_VCPUS, Schedule
+from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS
 from nestvmx.kvm.vmx import L0Bug
 from nestvmx.measure.cost_model import CostModelError
 from nestvmx.snapshot import SnapshotError
@@ -62,6 +63,13 @@ vcpus_option = click.option(
     help="vCPUs of the VM (vCPU i: APIC ID i, RSP 0x100000-16-i*0x4000); the built-in workloads run on every "
     "vCPU, nested with one L2 each.",
 )
+shadow_fields_option = click.option(
+    "--shadow-fields",
+    type=click.Choice(sorted(SHADOW_FIELD_LISTS)),
+    default="current",
+    show_default=True,
+    help="Whose VMCS shadow field lists L0 uses: today's KVM, or Linux 4.10's (the NEVE paper's L0).",
+)
 _host_options = _options(
     click.option(
         "--cpu",
@@ -75,6 +83,7 @@ _host_options = _options(
         default=None,
         help="L0's enable_shadow_vmcs (default: on where the CPU model supports it).",
     ),
+    shadow_fields_option,
     click.option("--costs", help="Cost model: turtles2010, haswell, or a TOML file (default: the CPU model's era)."),
 )
 _run_options = _options(
@@ -153,6 +162,7 @@ def run(
     schedule: str,
     cpu: str,
     shadow_vmcs: bool | None,
+    shadow_fields: str,
     costs: str | None,
     **run_options: Any,
 ) -> None:
@@ -165,7 +175,7 @@ def run(
     \b
     With --l1 minivisor, the built-in L1 hypervisor runs an L2 guest doing
     --iterations of the --l2 workload (cpuid, vmcall, io, msr, pagetouch), handling
-    each exit with the VMCS accesses of --footprint (kvm, kvm2010, minimal), e.g.
+    each exit with the VMCS accesses of --footprint (kvm, kvm2010, kvm2017, minimal), e.g.
       nestvmx run --l1 minivisor --l2 cpuid --iterations 1000 --stats-json s.json
     """
     if (program is None) == (l1 is None):
@@ -173,7 +183,9 @@ def run(
     address = _address(load_address)
 
     def create() -> VM:
-        vm = Host(cpu, shadow_vmcs, costs).create_vm(memory_mib=memory_mib, vcpus=vcpus, schedule=schedule)
+        vm = Host(cpu, shadow_vmcs, costs, shadow_fields).create_vm(
+            memory_mib=memory_mib, vcpus=vcpus, schedule=schedule
+        )
         vm.load(build_minivisor(l2, iterations, footprint, vcpus) if l1 else program, address)
         return vm
 
@@ -184,12 +196,14 @@ def run(
 @click.argument("snapshot", type=click.Path(dir_okay=False, path_type=Path))
 @_host_options
 @_run_options
-def resume(snapshot: Path, cpu: str, shadow_vmcs: bool | None, costs: str | None, **run_options: Any) -> None:
+def resume(
+    snapshot: Path, cpu: str, shadow_vmcs: bool | None, shadow_fields: str, costs: str | None, **run_options: Any
+) -> None:
     """Continue a VM saved by `nestvmx run --save` on any CPU model and shadowing setting.
 
     The statistics count from the resume; the console shows what the guest writes from then on.
     """
-    _run_vm(lambda: Host(cpu, shadow_vmcs, costs).restore(snapshot), **run_options)
+    _run_vm(lambda: Host(cpu, shadow_vmcs, costs, shadow_fields).restore(snapshot), **run_options)
 
 
 def _run_vm(
