@@ -521,10 +521,11 @@ class Engine:
         self._save_state()
         s, counter = self.cpu.state, self.ctx.counter
         f = self.cpu.current.fields
-        if counter.last + 1 == s.rip and self.guest_memory().fetch(counter.last, 1) == b"\xf4":
-            s.rip -= 1
+        last = self._decoded_at(s.cr3, counter.last, _decode_x86)  # the instruction executed last
+        if last is not None and last.mnemonic == _M.HLT and counter.last + last.len == s.rip:  # prefixes too
+            s.rip = counter.last
             if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.HLT_EXITING:
-                return self._exit(ExitReason.HLT, length=1)
+                return self._exit(ExitReason.HLT, length=last.len)
             raise EngineError(f"guest halted at RIP {s.rip:#x} with HLT exiting off: nothing can wake it")
         if counter.limit and counter.count >= counter.limit:
             return self._host_interrupt(f)
