@@ -123,13 +123,6 @@ class UnicornRegisters:
         self._w_msrs = (UcRegMSR * _MAX_WRITES)()
         self._w_addr = [_addresses(b) for b in (self._w_ints, self._w_mmrs, self._w_msrs)]
 
-    def read(self, reg: int) -> int:
-        """An integer register (also while the guest runs), with the raw C call."""
-        self._buffer.value = 0  # segment selectors fill only 2 bytes
-        _ucmod.uclib.uc_reg_read(self.uc._uch, reg, self._buffer_ref)
-        value = self.known[reg] = self._buffer.value
-        return value
-
     def read_many(self, regs: tuple[int, ...]) -> list[int]:
         """Integer registers with one batch call (also while the guest runs); not cached."""
         batch = self._batches.get(regs)
