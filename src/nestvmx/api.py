@@ -23,7 +23,7 @@ from nestvmx.kvm.migration import (
 from nestvmx.kvm.platform import build_platform, initial_rsp, initial_state
 from nestvmx.kvm.stats import RunStats
 from nestvmx.kvm.vm import MAX_VCPUS, Kvm, Schedule
-from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS
+from nestvmx.kvm.vmcs_shadow_fields import DEFAULT_SHADOW_FIELDS, SHADOW_FIELD_LISTS
 from nestvmx.measure.cost_model import CostModel, default_cost_model
 from nestvmx.snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot
 
@@ -50,7 +50,7 @@ class Host:
         cpu: str = DEFAULT_CPU_MODEL,
         shadow_vmcs: bool | None = None,
         costs: str | Path | None = None,
-        shadow_fields: str = "current",
+        shadow_fields: str = DEFAULT_SHADOW_FIELDS,
     ) -> None:
         self.model = get_cpu_model(cpu)
         self.shadow_vmcs = self.model.has_vmcs_shadowing if shadow_vmcs is None else shadow_vmcs

@@ -18,7 +18,7 @@ from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
 from nestvmx.kvm.loader import ProgramError
 from nestvmx.kvm.vm import MAX_VCPUS, Schedule
-from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS
+from nestvmx.kvm.vmcs_shadow_fields import DEFAULT_SHADOW_FIELDS, SHADOW_FIELD_LISTS
 from nestvmx.kvm.vmx import L0Bug
 from nestvmx.measure.cost_model import CostModelError
 from nestvmx.snapshot import SnapshotError
@@ -66,7 +66,7 @@ vcpus_option = click.option(
 shadow_fields_option = click.option(
     "--shadow-fields",
     type=click.Choice(sorted(SHADOW_FIELD_LISTS)),
-    default="current",
+    default=DEFAULT_SHADOW_FIELDS,
     show_default=True,
     help="Whose VMCS shadow field lists L0 uses: today's KVM, or Linux 4.10's (the NEVE paper's L0).",
 )

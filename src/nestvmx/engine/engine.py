@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import iced_x86
 from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
@@ -111,14 +112,13 @@ class _ExceptionStateReset:
 Decoder = Callable[[bytes, int], tuple[object, int] | None]
 
 
-def _decode_vmx64(code: bytes, rip: int) -> tuple[VmxInstruction, int] | None:
-    instr = decode_vmx(code, long_mode_64=True)
+def _decode_vmx_mode(code: bytes, rip: int, long_mode_64: bool) -> tuple[VmxInstruction, int] | None:
+    instr = decode_vmx(code, long_mode_64=long_mode_64)
     return None if instr is None else (instr, instr.length)
 
 
-def _decode_vmx32(code: bytes, rip: int) -> tuple[VmxInstruction, int] | None:
-    instr = decode_vmx(code, long_mode_64=False)
-    return None if instr is None else (instr, instr.length)
+_decode_vmx64 = partial(_decode_vmx_mode, long_mode_64=True)
+_decode_vmx32 = partial(_decode_vmx_mode, long_mode_64=False)
 
 
 def _decode_x86(code: bytes, rip: int) -> tuple[iced_x86.Instruction, int]:
@@ -375,15 +375,18 @@ class Engine:
         raise EngineError(f"CPUID at {uc.reg_read(X.UC_X86_REG_RIP):#x} escaped interception")
 
     def _on_invalid(self, uc: Uc, _ud) -> bool:
-        rip, *rest = self.ctx.regs.read_many(_FAST_PATH_REGS)
-        if not self._shadow_fast_path(rip, *rest):
-            self._halt("invalid", rip)
+        values = self.ctx.regs.read_many(_FAST_PATH_REGS)
+        if not self._shadow_fast_path(values):
+            self._halt("invalid", values[0])
         return True
 
-    def _shadow_fast_path(self, rip: int, cr3: int, cs: int, ss: int, rflags: int, *gprs: int) -> bool:
+    def _shadow_fast_path(self, values: list[int]) -> bool:
         """Serve a register-form VMREAD/VMWRITE from the shadow VMCS without stopping the guest: the
         processor model does the access on the few registers it involves (the usual path saves and
-        reloads the whole state).  Anything else (memory operands, exits, faults) takes that path."""
+        reloads the whole state).  Anything else (memory operands, exits, faults) takes that path.
+        `values`: the registers of _FAST_PATH_REGS."""
+        rip, cr3, cs, ss, rflags = values[:5]
+        gprs = values[5:]
         s = self.cpu.state
         if cs != s.segs[Seg.CS].selector or ss != s.segs[Seg.SS].selector:
             return False  # the mode or CPL may have changed since the state was saved
@@ -592,7 +595,7 @@ class Engine:
     def _special(self, rip: int) -> VmExit | None:
         s, f = self.cpu.state, self.cpu.current.fields
         ins = self._decoded_at(s.cr3, rip, _decode_x86)
-        if ins.code == iced_x86.Code.INVALID:
+        if ins is None or ins.code == iced_x86.Code.INVALID:
             return self._exception(Vector.UD)
         if ins.mnemonic == _M.CPUID:
             return self._exit(ExitReason.CPUID, length=ins.len)

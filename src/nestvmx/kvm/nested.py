@@ -126,6 +126,7 @@ class NestedVmx:
         self.vcpu = vcpu
         self.model = nested_model(vcpu.model)  # the processor L1 sees
         self.entry_checks = vmentry.EntryChecks(self.model)  # L0's checks of vmcs12 (nested_vmx_check_*)
+        self.exit_info_fields = [f for f in EXIT_INFO_FIELDS if f in vcpu.model.fields]  # those vmcs02 has
         self.l1_memory = vcpu.memory.window(vcpu.guest_size)
         self.vmxon = False
         self.vmxon_ptr = INVALID_POINTER
@@ -902,8 +903,7 @@ class NestedVmx:
         """Reflect the current L2 exit to L1: exit information and L2 state into vmcs12, then L1's
         host state.  The arguments replace what the processor recorded (an exit L0 synthesises)."""
         v, vmcs12 = self.vcpu, self.vmcs12
-        fields = [field for field in EXIT_INFO_FIELDS if field in v.model.fields]
-        vmcs12.fields.update(zip(fields, v.vmread_many(fields), strict=True))
+        vmcs12.fields.update(zip(self.exit_info_fields, v.vmread_many(self.exit_info_fields), strict=True))
         vmcs12[F.VM_EXIT_REASON] = reason
         if qualification is not None:
             vmcs12[F.EXIT_QUALIFICATION] = qualification

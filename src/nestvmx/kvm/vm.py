@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.memory import PhysicalMemory
 from nestvmx.kvm.ept import EptTables
+from nestvmx.kvm.vmcs_shadow_fields import DEFAULT_SHADOW_FIELDS
 from nestvmx.kvm.vmx import L0Bug, RunEnd, VmxVcpu
 
 MAX_VCPUS = 32  # their stacks (platform.initial_rsp) stay above the platform's tables
@@ -70,7 +71,7 @@ class Kvm:
         trace: Callable[[str], None] | None = None,
         enable_shadow_vmcs: bool = True,
         schedule: Schedule = Schedule(),
-        shadow_fields: str = "current",
+        shadow_fields: str = DEFAULT_SHADOW_FIELDS,
     ) -> None:
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ValueError(f"a VM has 1 to {MAX_VCPUS} vCPUs, not {vcpus}")

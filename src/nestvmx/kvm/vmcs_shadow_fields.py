@@ -60,17 +60,10 @@ SHADOW_READ_WRITE_FIELDS: tuple[F, ...] = (
 # Linux 4.10 (arch/x86/kvm/vmx.c, shadow_read_only_fields[] and shadow_read_write_fields[]), the
 # L0 of the NEVE measurements (SOSP 2017): before the 2018-2019 rework, with guest CS state, ES
 # base and TSC_OFFSET shadowed but not GUEST_SS_AR_BYTES, GUEST_INTR_STATUS or the PIN-based
-# controls.  Read in duzhen16/linux-4.10 (Makefile 4.10.0).
-SHADOW_READ_ONLY_FIELDS_4_10: tuple[F, ...] = (
-    F.VM_EXIT_REASON,
-    F.VM_EXIT_INTR_INFO,
-    F.VM_EXIT_INSTRUCTION_LEN,
-    F.IDT_VECTORING_INFO_FIELD,
-    F.IDT_VECTORING_ERROR_CODE,
-    F.VM_EXIT_INTR_ERROR_CODE,
-    F.EXIT_QUALIFICATION,
-    F.GUEST_LINEAR_ADDRESS,
-    F.GUEST_PHYSICAL_ADDRESS,
+# controls.  Read in duzhen16/linux-4.10 (Makefile 4.10.0).  Its read-only list is today's without
+# the CS and SS access rights, in the same order.
+SHADOW_READ_ONLY_FIELDS_4_10: tuple[F, ...] = tuple(
+    f for f in SHADOW_READ_ONLY_FIELDS if f not in (F.GUEST_CS_AR_BYTES, F.GUEST_SS_AR_BYTES)
 )
 
 SHADOW_READ_WRITE_FIELDS_4_10: tuple[F, ...] = (
@@ -104,6 +97,7 @@ SHADOW_READ_WRITE_FIELDS_4_10: tuple[F, ...] = (
 )
 
 # L0's lists by KVM version: (read-only, read-write).
+DEFAULT_SHADOW_FIELDS = "current"
 SHADOW_FIELD_LISTS: dict[str, tuple[tuple[F, ...], tuple[F, ...]]] = {
     "current": (SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS),
     "linux-4.10": (SHADOW_READ_ONLY_FIELDS_4_10, SHADOW_READ_WRITE_FIELDS_4_10),

@@ -94,10 +94,7 @@ class VmxVcpu:
     # ------------------------------------------------------------ set-up
 
     def vmwrite(self, field: int, value: int) -> None:
-        if self.cpu.vmwrite(field, value) != VM_SUCCEED:
-            raise L0Bug(f"VMWRITE {F(field).name} failed")
-        if self.cpu.current_vmcs == self.nested.vmcs02:
-            self.nested.vmcs02_values[field] = value
+        self.vmwrite_many({field: value})
 
     def vmread(self, field: int) -> int:
         status, value = self.cpu.vmread(field)
@@ -115,7 +112,7 @@ class VmxVcpu:
     def vmwrite_many(self, values: dict[int, int]) -> None:
         """VMWRITEs of `values` (field: value), back to back."""
         if self.cpu.vmwrite_many(values.items()) != VM_SUCCEED:
-            raise L0Bug(f"VMWRITE of one of {[F(f).name for f in values]} failed")
+            raise L0Bug(f"VMWRITE failed, one of {[F(f).name for f in values]}")
         if self.cpu.current_vmcs == self.nested.vmcs02:
             self.nested.vmcs02_values.update(values)
 
@@ -407,10 +404,13 @@ class VmxVcpu:
                 return False
             self.vmwrite(F.GUEST_IA32_EFER, value)
             return True
-        if index == Msr.IA32_DEBUGCTL and value & ~_DEBUGCTL_IGNORED:
-            return False  # no LBR or other debug features are offered (KVM: vmx_get_supported_debugctl)
+        if index == Msr.IA32_DEBUGCTL:  # no LBR or other debug features are offered (vmx_get_supported_debugctl)
+            if value & ~_DEBUGCTL_IGNORED:
+                return False
+            self.vmwrite(F.GUEST_IA32_DEBUGCTL, 0)
+            return True
         if index in self._VMCS_MSRS:
-            self.vmwrite(self._VMCS_MSRS[index], value & ~_DEBUGCTL_IGNORED if index == Msr.IA32_DEBUGCTL else value)
+            self.vmwrite(self._VMCS_MSRS[index], value)
             return True
         if index in self._SOFTWARE_MSRS:
             self.guest_msrs[index] = value

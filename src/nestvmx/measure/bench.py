@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nestvmx.api import Host
+from nestvmx.api import DEFAULT_SHADOW_FIELDS, Host
 from nestvmx.guests.build import build_minivisor, build_workload
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT
 from nestvmx.measure.cost_model import CostModel
@@ -80,7 +80,7 @@ def run_bench(
     footprint: str = DEFAULT_FOOTPRINT,
     progress: Callable[[str], None] = lambda _: None,
     vcpus: int = 1,
-    shadow_fields: str = "current",
+    shadow_fields: str = DEFAULT_SHADOW_FIELDS,
 ) -> list[BenchRow]:
     """The table's rows; with `vcpus` > 1 every vCPU runs the workload (one L2 each, nested);
     `shadow_fields` names L0's shadow field lists (Host)."""
