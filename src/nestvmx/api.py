@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +99,20 @@ class VM:
         self.schedule = schedule
         self._console = bytearray()
         self.console_sink = None  # called with each console byte string as it is written
-        self.trace_sink = None  # called with one trace line per VM exit
         self.kvm: Kvm | None = None
+        self._trace_sink: Callable[[str], None] | None = None
+
+    @property
+    def trace_sink(self) -> Callable[[str], None] | None:
+        """Called with one trace line per VM exit.  L0 reads the fields a line shows only while
+        there is a sink (as KVM's kvm_exit tracepoint reads them only when enabled)."""
+        return self._trace_sink
+
+    @trace_sink.setter
+    def trace_sink(self, sink: Callable[[str], None] | None) -> None:
+        self._trace_sink = sink
+        if self.kvm is not None:
+            self.kvm.trace = sink
 
     def load(self, program: str | Path | bytes, address: int | None = None) -> None:
         """Load an ELF64 executable, a flat binary (at `address`, default 1 MiB) or a guest source."""
@@ -126,7 +139,7 @@ class VM:
             self.memory_size,
             self.nr_vcpus,
             self._write_console,
-            lambda line: self.trace_sink and self.trace_sink(line),
+            self._trace_sink,
             self.host.shadow_vmcs,
             self.schedule,
             self.host.shadow_fields,
