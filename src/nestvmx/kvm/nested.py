@@ -115,6 +115,8 @@ _L1_STATE_FIELDS = (
     F.GUEST_FS_BASE,
     F.GUEST_GS_BASE,
 )
+# What sync_vmcs02_to_vmcs12 reads from vmcs02: L2's state, and the read shadows for CR bits only L0 owns.
+_SYNC_FIELDS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
 
@@ -652,7 +654,7 @@ class NestedVmx:
         eptp12 = f[F.EPT_POINTER] if self._uses_ept12() else None
         if self.ept02 is None or self.ept02_source != eptp12:
             self._build_ept02(eptp12)
-        l1_efer, l1_pat = v.vmread(F.GUEST_IA32_EFER), v.vmread(F.GUEST_IA32_PAT)
+        l1_efer, l1_pat = v.vmread_many((F.GUEST_IA32_EFER, F.GUEST_IA32_PAT))
         self.load_vmcs(self.vmcs02)
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
         # L1's I/O bitmaps are read by L0; HLT is L0's to handle when L1 does not intercept it (a
@@ -933,17 +935,18 @@ class NestedVmx:
     def sync_vmcs02_to_vmcs12(self) -> None:
         v, vmcs12 = self.vcpu, self.vmcs12
         f = vmcs12.fields
-        guest_state = dict(zip(GUEST_STATE_FIELDS, v.vmread_many(GUEST_STATE_FIELDS), strict=True))
+        *values, cr0_shadow, cr4_shadow = v.vmread_many(_SYNC_FIELDS)
+        guest_state = dict(zip(GUEST_STATE_FIELDS, values, strict=True))
         f.update(guest_state)
         self.vmcs02_values.update(guest_state)
-        for cr, mask_f, shadow_f in (
-            (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, F.CR0_READ_SHADOW),
-            (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, F.CR4_READ_SHADOW),
+        for cr, mask_f, shadow in (
+            (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, cr0_shadow),
+            (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, cr4_shadow),
         ):
             l0_mask = v.cr0_host_owned if cr == F.GUEST_CR0 else v.cr4_host_owned
             mask12 = vmcs12[mask_f]
             hidden = l0_mask & ~mask12  # bits only L0 intercepts: L2's value is in vmcs02's read shadow
-            f[cr] = f[cr] & ~hidden | v.vmread(shadow_f) & hidden
+            f[cr] = f[cr] & ~hidden | shadow & hidden
         if f[F.GUEST_IA32_EFER] & EFER_LMA:
             f[F.VM_ENTRY_CONTROLS] |= EntryCtls.IA32E_MODE_GUEST
         else:

@@ -269,8 +269,10 @@ class VmxVcpu:
     # ------------------------------------------------------------ helpers
 
     def skip_emulated_instruction(self) -> None:
-        self.vmwrite(F.GUEST_RIP, self.vmread(F.GUEST_RIP) + self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
-        interruptibility = self.vmread(F.GUEST_INTERRUPTIBILITY_INFO)
+        rip, length, interruptibility = self.vmread_many(
+            (F.GUEST_RIP, F.VM_EXIT_INSTRUCTION_LEN, F.GUEST_INTERRUPTIBILITY_INFO)
+        )
+        self.vmwrite(F.GUEST_RIP, rip + length)
         if interruptibility & 3:
             self.vmwrite(F.GUEST_INTERRUPTIBILITY_INFO, interruptibility & ~3)
 
