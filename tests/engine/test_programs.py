@@ -127,7 +127,7 @@ def test_exceptions_through_the_guest_idt(cpu: str) -> None:
     """After LGDT/LTR/LIDT, exceptions go through the IDT: vectors, error codes, CR2, IST, traps."""
     result = run_guest([GUESTS / "exceptions.c", GUESTS / "idt.S"], cpu)
     assert result.outcome == "exit" and result.status == 0, result.console + result.message
-    assert len(re.findall(r"^ok ", result.console, re.M)) == 8 and not tap_failures(result.console)
+    assert len(re.findall(r"^ok ", result.console, re.M)) == 10 and not tap_failures(result.console)
 
 
 def test_ept_violation_outside_guest_memory_is_reported(tmp_path: Path) -> None:

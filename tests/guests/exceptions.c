@@ -16,13 +16,15 @@ static struct tss tss __attribute__((aligned(16)));
 static u8 ist_stack[4096] __attribute__((aligned(16)));
 static volatile u64 last_vector, last_error, last_rip, last_rsp, count;
 static volatile u64 skip;  /* bytes to skip after a fault */
+static volatile u64 df_resume;  /* where a #DF handler returns to: the saved RIP of a #DF is undefined */
 
 void handle_trap(struct trap_frame *f) {
     last_vector = f->vector; last_error = f->error_code; last_rip = f->rip; last_rsp = (u64)f; count++;
-    f->rip += skip;
+    f->rip = f->vector == 8 ? df_resume : f->rip + skip;
 }
 
-extern char trap_stub_0[], trap_stub_3[], trap_stub_6[], trap_stub_8[], trap_stub_13[], trap_stub_14[], trap_stub_32[];
+extern char trap_stub_0[], trap_stub_3[], trap_stub_6[], trap_stub_8[], trap_stub_11[], trap_stub_13[], trap_stub_14[],
+    trap_stub_32[];
 
 static void set_gate(int v, void *handler, int ist, int type) {
     u64 a = (u64)handler;
@@ -50,7 +52,7 @@ int main(void) {
     __asm__ volatile("ltr %w0" : : "r"(0x20));
     set_gate(0, trap_stub_0, 0, 0xe); set_gate(3, trap_stub_3, 0, 0xf); set_gate(6, trap_stub_6, 0, 0xe);
     set_gate(8, trap_stub_8, 1, 0xe); set_gate(13, trap_stub_13, 0, 0xe); set_gate(14, trap_stub_14, 1, 0xe);
-    set_gate(32, trap_stub_32, 0, 0xe);
+    set_gate(11, trap_stub_11, 0, 0xe); set_gate(32, trap_stub_32, 0, 0xe);
     __asm__ volatile("lidt %0" : : "m"(idtr));
 
     u64 rip;
@@ -87,6 +89,21 @@ int main(void) {
     u64 flags;
     __asm__ volatile("vmxoff; pushfq; popq %0" : "=r"(flags));
     check(count == 7 && last_vector == 6, "VMXOFF outside VMX operation raises #UD");
+
+    /* Faults while delivering an exception (SDM §6.15, Table 6-5): a benign one then a contributory
+     * one delivers the second; two contributory ones make a double fault. */
+    idt[6].type &= ~0x80;  /* #UD's gate not present */
+    skip = 2;
+    __asm__ volatile("leaq 0(%%rip), %0; ud2" : "=r"(rip));
+    check(count == 8 && last_vector == 11 && last_error == 6 * 8 + 2 + 1 && last_rip == rip,
+          "#UD whose gate is not present: #NP(0x33, EXT) at the UD2");
+    idt[6].type |= 0x80;
+    idt[13].type &= ~0x80;  /* #GP's gate not present */
+    skip = 10;  /* past the MOVABS */
+    __asm__ volatile("leaq 1f(%%rip), %%rax; movq %%rax, df_resume(%%rip); movabsq 0x8000000000000000, %%rax; 1:"
+                     : : : "rax", "memory");
+    check(count == 9 && last_vector == 8 && last_error == 0, "#GP whose gate is not present: #NP, then a double fault");
+    idt[13].type |= 0x80;
 
     puts(failures ? "FAIL\n" : "PASS\n");
     return failures;

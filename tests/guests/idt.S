@@ -16,6 +16,7 @@ trap_stub_\vec:
     stub 3, 0
     stub 6, 0
     stub 8, 1
+    stub 11, 1
     stub 13, 1
     stub 14, 1
     stub 32, 0

@@ -6,58 +6,72 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
+from nestvmx.arch.controls import INTR_INFO_DELIVER_ERROR_CODE, INTR_INFO_VALID, InterruptionType
+from nestvmx.hw.exceptions import Vector, X86Exception, double_fault_class
 from nestvmx.hw.paging import LinearMemory
 from nestvmx.hw.state import RFLAGS_IF, RFLAGS_TF, CpuState, Seg, Segment
 
 _RFLAGS_NT, _RFLAGS_RF, _RFLAGS_VM = 1 << 14, 1 << 16, 1 << 17
-_CONTRIBUTORY = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
 
 
 class TripleFault(Exception):
     """An exception while delivering a double fault: the processor shuts down."""
 
 
+# Events that an instruction raises: RIP is past it when they are delivered (SDM §6.5, §28.2.4).
+_INSTRUCTION_EVENTS = frozenset(
+    {
+        InterruptionType.SOFTWARE_INTERRUPT,
+        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+        InterruptionType.SOFTWARE_EXCEPTION,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Event:
     vector: int
     error_code: int | None = None
-    software: bool = False  # INT n / INT3 / INTO: gate DPL is checked and RIP is the next instruction
+    kind: int = InterruptionType.HARDWARE_EXCEPTION  # the VMCS interruption type (SDM Table 25-17)
+
+    @property
+    def software(self) -> bool:
+        """INT n, INT3, INTO: the gate's DPL is checked and error codes of faults have EXT = 0
+        (INT1, a privileged software exception, is neither, §6.13)."""
+        return self.kind in (InterruptionType.SOFTWARE_INTERRUPT, InterruptionType.SOFTWARE_EXCEPTION)
+
+    @property
+    def from_instruction(self) -> bool:
+        return self.kind in _INSTRUCTION_EVENTS
+
+    @property
+    def info(self) -> int:
+        """As the VM-exit interruption-information and IDT-vectoring information fields hold it."""
+        info = self.vector | self.kind << 8 | INTR_INFO_VALID
+        return info | INTR_INFO_DELIVER_ERROR_CODE if self.error_code is not None else info
 
 
-def double_fault_class(first: int, second: int) -> bool:
-    """Whether `second`, raised while delivering `first`, becomes a double fault (Table 6-5)."""
-    if first == Vector.DF:
-        return True
-    if first == Vector.PF:
-        return second == Vector.PF or second in _CONTRIBUTORY
-    return first in _CONTRIBUTORY and second in _CONTRIBUTORY
-
-
-def deliver(state: CpuState, memory: LinearMemory, event: Event, descriptor_reader) -> None:
-    """Deliver `event`, escalating faults during delivery to #DF and then to a triple fault.
-
-    `descriptor_reader(selector)` returns the Segment a code-segment selector loads.
-    """
-    current = event
-    while True:
-        try:
-            _deliver_once(state, memory, current, descriptor_reader)
-            return
-        except X86Exception as fault:
-            if current.vector == Vector.DF:
-                raise TripleFault from fault
-            if double_fault_class(current.vector, fault.vector):
-                current = Event(Vector.DF, 0)
-            else:
-                current = Event(fault.vector, fault.error_code if fault.vector in ERROR_CODE_VECTORS else None)
+def escalate(current: Event, fault: Event) -> Event:
+    """What to deliver after `fault`, not intercepted, interrupted the delivery of `current`
+    (SDM §6.15): #DF for two contributory or page-fault exceptions, a triple fault after #DF,
+    else `fault` itself.  Interrupts and software events (INT n, INT3, INT1) are benign."""
+    exception = current.kind == InterruptionType.HARDWARE_EXCEPTION
+    if exception and current.vector == Vector.DF:
+        raise TripleFault
+    if exception and double_fault_class(current.vector, fault.vector):
+        return Event(Vector.DF, 0)
+    return fault
 
 
 def _read_u(memory: LinearMemory, address: int, size: int) -> int:
     return int.from_bytes(memory.read(address, size), "little")
 
 
-def _deliver_once(state: CpuState, memory: LinearMemory, event: Event, descriptor_reader) -> None:
+def deliver(state: CpuState, memory: LinearMemory, event: Event, descriptor_reader) -> None:
+    """Deliver `event` through the IDT; raises X86Exception if that faults (see escalate).
+
+    `descriptor_reader(selector)` returns the Segment a code-segment selector loads.
+    """
     ext = 0 if event.software else 1
     vector = event.vector
     if vector * 16 + 15 > state.idtr_limit:

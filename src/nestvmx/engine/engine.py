@@ -43,7 +43,7 @@ from nestvmx.arch.exit_reasons import ExitReason
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import Msr
 from nestvmx.engine import ept as ept_mod
-from nestvmx.engine.delivery import Event, TripleFault, deliver
+from nestvmx.engine.delivery import Event, TripleFault, deliver, escalate
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.engine.native import InstructionCounter, counter_library
 from nestvmx.engine.uc_state import (
@@ -63,6 +63,8 @@ from nestvmx.hw.state import CpuState, Seg, Segment
 from nestvmx.hw.vmexit import VmExit
 
 _M = iced_x86.Mnemonic
+# Instructions whose event Unicorn raises after them (INTO is #UD in 64-bit mode).
+_SOFTWARE_EVENTS = {_M.INT: InterruptionType.SOFTWARE_INTERRUPT, _M.INT3: InterruptionType.SOFTWARE_EXCEPTION}
 _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
@@ -512,7 +514,7 @@ class Engine:
             return self._invalid_instruction(stop.rip)
         if stop.kind == "exception":
             cpu.state.cr2 = stop.data["cr2"]
-            return self._exception(stop.data["vector"])
+            return self._interrupt(stop.data["vector"])
         if stop.kind == "special":
             return self._special(stop.rip)
         if stop.kind == "retranslate":
@@ -583,13 +585,23 @@ class Engine:
         s = self.cpu.state
         instr = self._decoded_at(s.cr3, rip, _decode_vmx64 if s.in_64bit_mode else _decode_vmx32)
         if instr is None:
-            return self._exception(Vector.UD)
+            return self._int1(rip) or self._exception(Vector.UD)
         try:
             return self.cpu.execute(instr, self.guest_memory())
         except X86Exception as exc:
-            return self._exception(exc.vector, exc.error_code)
+            return self._exception(exc.vector, exc.error_code, exc.address)
         except ept_mod.EptFault as fault:
             return self._ept_exit(fault, access=2, linear=None)
+
+    def _int1(self, rip: int) -> VmExit | None:
+        """INT1 (ICEBP, F1), which Unicorn 2.1.4 does not know: a #DB trap raised as a privileged
+        software exception (SDM Vol. 2A INT1; §26.2, §28.2.4)."""
+        s = self.cpu.state
+        ins = self._decoded_at(s.cr3, rip, _decode_x86)
+        if ins is None or ins.mnemonic != _M.INT1:
+            return None
+        s.rip += ins.len
+        return self._raise(Event(Vector.DB, None, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION), ins.len)
 
     # RDMSR/WRMSR and control-register accesses (SDM §26.1.3)
     def _special(self, rip: int) -> VmExit | None:
@@ -732,41 +744,52 @@ class Engine:
         return int.from_bytes(self.guest_memory().read(address, 2), "little")
 
     # Exceptions (SDM §26.2 exception bitmap; §27.6 / Vol. 3A §6.14 delivery)
-    def _exception(self, vector: int, error_code: int | None = None) -> VmExit | None:
-        s = self.cpu.state
-        software = False
-        if vector >= 32 or vector in (Vector.BP, Vector.OF):
-            software = True  # INT n / INT3 / INTO: trap-like, RIP is already past the instruction
+    def _exception(self, vector: int, error_code: int | None = None, address: int | None = None) -> VmExit | None:
+        """A hardware exception of the instruction at RIP; `address`: a #PF's linear address."""
+        if address is not None:
+            self.cpu.state.cr2 = address
         if vector in ERROR_CODE_VECTORS and error_code is None:
             error_code = self._error_code(vector)
-        f = self.cpu.current.fields
-        if vector < 32 and self._exception_exits(vector, error_code or 0, f):
-            kind = InterruptionType.SOFTWARE_EXCEPTION if software else InterruptionType.HARDWARE_EXCEPTION
-            info = vector | kind << 8 | INTR_INFO_VALID
-            if error_code is not None and vector in ERROR_CODE_VECTORS:
-                info |= INTR_INFO_DELIVER_ERROR_CODE
-            qualification = s.cr2 if vector == Vector.PF else 0
-            if vector == Vector.PF:
-                s.cr2 = self.cr2_before_run  # a #PF that exits leaves CR2 alone (SDM §27.1)
-            length = self._software_length() if software else 0
-            s.rip -= length  # the exit reports the INT3/INTO/INT n instruction itself (SDM §28.2.4)
-            return self._exit(
-                ExitReason.EXCEPTION_NMI,
-                length=length,
-                qualification=qualification,
-                intr_info=info,
-                intr_error_code=error_code or 0,
-            )
-        return self._deliver(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None, software))
+        return self._raise(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None))
 
-    def _software_length(self) -> int:
-        return 1 if self.guest_memory().fetch(self.cpu.state.rip - 1, 1) in (b"\xcc", b"\xce") else 2
+    def _interrupt(self, vector: int) -> VmExit | None:
+        """Unicorn raised `vector`: an exception of the instruction at RIP, or INT n / INT3, after
+        which RIP is past the instruction the counter saw start."""
+        s, last = self.cpu.state, self.ctx.counter.last
+        ins = self._decoded_at(s.cr3, last, _decode_x86) if last != s.rip else None
+        if ins is not None and last + ins.len == s.rip and ins.mnemonic in _SOFTWARE_EVENTS:
+            return self._raise(Event(vector, None, _SOFTWARE_EVENTS[ins.mnemonic]), ins.len)
+        return self._exception(vector)
 
-    def _exception_exits(self, vector: int, error_code: int, f: dict[int, int]) -> bool:
-        if vector == Vector.PF:
-            hit = error_code & f[F.PAGE_FAULT_ERROR_CODE_MASK] == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
+    def _raise(self, event: Event, length: int = 0) -> VmExit | None:
+        """An exception exits if the exception bitmap selects it (SDM §26.2; INT n never does),
+        reporting the instruction that raised a software one (length, RIP; §28.2.4); otherwise it
+        is delivered through the IDT."""
+        s = self.cpu.state
+        if event.kind != InterruptionType.SOFTWARE_INTERRUPT and self._exception_exits(event, self.cpu.current.fields):
+            s.rip -= length
+            return self._exception_exit(event, length)
+        return self._deliver(event, length)
+
+    def _exception_exit(self, event: Event, length: int = 0, **vectoring: int) -> VmExit:
+        s = self.cpu.state
+        qualification = 0
+        if event.vector == Vector.PF and event.kind == InterruptionType.HARDWARE_EXCEPTION:
+            qualification, s.cr2 = s.cr2, self.cr2_before_run  # a #PF that exits leaves CR2 alone (§27.1)
+        return self._exit(
+            ExitReason.EXCEPTION_NMI,
+            length=length,
+            qualification=qualification,
+            intr_info=event.info,
+            intr_error_code=event.error_code or 0,
+            **vectoring,
+        )
+
+    def _exception_exits(self, event: Event, f: dict[int, int]) -> bool:
+        if event.vector == Vector.PF:
+            hit = (event.error_code or 0) & f[F.PAGE_FAULT_ERROR_CODE_MASK] == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
             return bool(f[F.EXCEPTION_BITMAP] >> 14 & 1) == hit
-        return bool(f[F.EXCEPTION_BITMAP] >> vector & 1)
+        return bool(f[F.EXCEPTION_BITMAP] >> event.vector & 1)
 
     def _error_code(self, vector: int) -> int:
         """Unicorn does not pass error codes: rebuild the #PF one from a walk; others are 0."""
@@ -790,20 +813,44 @@ class Engine:
                     write = True
         return self.guest_memory().page_fault_error_code(s.cr2, write, fetch)
 
-    def _deliver(self, event: Event, vectoring: bool = False) -> VmExit | None:
-        memory = self.guest_memory()
-        try:
-            deliver(self.cpu.state, memory, event, self._code_segment)
-        except TripleFault:
-            return self._exit(ExitReason.TRIPLE_FAULT)
-        except ept_mod.EptFault as fault:
-            info = event.vector | (InterruptionType.HARDWARE_EXCEPTION << 8) | INTR_INFO_VALID
-            if event.error_code is not None:
-                info |= INTR_INFO_DELIVER_ERROR_CODE
-            return self._ept_exit(
-                fault, access=2, linear=None, idt_vectoring_info=info, idt_vectoring_error_code=event.error_code or 0
-            )
-        return None
+    def _deliver(self, event: Event, length: int) -> VmExit | None:
+        """Deliver `event` through the IDT (RIP past the instruction of a software event).  An
+        exception during delivery exits if the exception bitmap selects it, reporting the event it
+        interrupted in the IDT-vectoring information, against the instruction that raised a
+        software event (§28.2.3, §28.2.4); otherwise it is escalated (§6.15) and delivered: a
+        double fault or triple fault exits directly, without IDT-vectoring information."""
+        s, memory, f = self.cpu.state, self.guest_memory(), self.cpu.current.fields
+        current, past = event, length  # past: how far RIP is beyond the instruction
+        while True:
+            try:
+                deliver(s, memory, current, self._code_segment)
+                return None
+            except ept_mod.EptFault as fault:
+                s.rip -= past
+                return self._ept_exit(fault, access=2, linear=None, **self._vectoring(current, length))
+            except X86Exception as exc:
+                s.rip -= past  # a fault of the instruction, not a trap after it
+                past = 0
+                if exc.address is not None:
+                    s.cr2 = exc.address  # a #PF (left alone if it exits)
+                fault = Event(exc.vector, exc.error_code if exc.vector in ERROR_CODE_VECTORS else None)
+                if self._exception_exits(fault, f):
+                    return self._exception_exit(fault, **self._vectoring(current, length))
+                try:
+                    current = escalate(current, fault)
+                except TripleFault:
+                    return self._exit(ExitReason.TRIPLE_FAULT)
+                if current is not fault and self._exception_exits(current, f):
+                    return self._exception_exit(current)  # a #DF: no IDT-vectoring information
+
+    @staticmethod
+    def _vectoring(event: Event, length: int) -> dict[str, int]:
+        """The exit information of an exit during delivery of `event` (SDM §28.2.3, §28.2.4)."""
+        return {
+            "length": length if event.from_instruction else 0,
+            "idt_vectoring_info": event.info,
+            "idt_vectoring_error_code": event.error_code or 0,
+        }
 
     def _code_segment(self, selector: int) -> Segment | None:
         s = self.cpu.state
@@ -815,20 +862,10 @@ class Engine:
     def _inject(self, injection: tuple[int, int, int]) -> VmExit | None:
         """VM-entry event injection (SDM §27.6): delivered through the IDT, never the bitmap."""
         info, error_code, length = injection
-        vector, kind = info & 0xFF, (info >> 8) & 7
-        software = kind in (
-            InterruptionType.SOFTWARE_INTERRUPT,
-            InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-            InterruptionType.SOFTWARE_EXCEPTION,
-        )
-        if software:
-            self.cpu.state.rip += length
-        event = Event(
-            vector,
-            error_code if info & INTR_INFO_DELIVER_ERROR_CODE else None,
-            software and kind != InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-        )
-        return self._deliver(event)
+        event = Event(info & 0xFF, error_code if info & INTR_INFO_DELIVER_ERROR_CODE else None, (info >> 8) & 7)
+        length = length if event.from_instruction else 0
+        self.cpu.state.rip += length
+        return self._deliver(event, length)
 
     # EPT violations (SDM §29.3.3.2, Table 28-7)
     def _memory_fault(self, stop: _Stop) -> VmExit | None:
@@ -846,7 +883,7 @@ class Engine:
         try:
             gpa = memory.linear_to_gpa(linear, write=kind == 2, fetch=kind == 4)
         except X86Exception as exc:
-            return self._exception(exc.vector, exc.error_code)
+            return self._exception(exc.vector, exc.error_code, exc.address)
         except ept_mod.EptFault as fault:
             return self._ept_exit(fault, access=1, linear=linear, in_walk=True)
         try:

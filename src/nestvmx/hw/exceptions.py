@@ -30,6 +30,17 @@ class Vector(enum.IntEnum):
 
 # Exceptions that push an error code (SDM Vol. 3A Table 6-1).
 ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP, Vector.PF, Vector.AC, Vector.CP})
+_CONTRIBUTORY = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
+
+
+def double_fault_class(first: int, second: int) -> bool:
+    """Whether exception `second`, raised while delivering exception `first`, becomes a double
+    fault (SDM Vol. 3A §6.15, Table 6-5)."""
+    if first == Vector.DF:
+        return True
+    if first == Vector.PF:
+        return second == Vector.PF or second in _CONTRIBUTORY
+    return first in _CONTRIBUTORY and second in _CONTRIBUTORY
 
 
 class X86Exception(Exception):

@@ -905,6 +905,7 @@ class NestedVmx:
         """Reflect the current L2 exit to L1: exit information and L2 state into vmcs12, then L1's
         host state.  The arguments replace what the processor recorded (an exit L0 synthesises)."""
         v, vmcs12 = self.vcpu, self.vmcs12
+        v.requeued = None  # an interrupted event goes to L1 in the IDT-vectoring information instead
         vmcs12.fields.update(zip(self.exit_info_fields, v.vmread_many(self.exit_info_fields), strict=True))
         vmcs12[F.VM_EXIT_REASON] = reason
         if qualification is not None:

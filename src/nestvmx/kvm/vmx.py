@@ -26,7 +26,7 @@ from nestvmx.arch.exit_reasons import ExitReason, exit_reason_name
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMXON_OUTSIDE_SMX, Msr
 from nestvmx.engine.engine import Engine, EngineError
-from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector
+from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, double_fault_class
 from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
 from nestvmx.hw.state import AR_L, CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
@@ -41,6 +41,15 @@ CONSOLE_PORT = 0xE9
 EXIT_PORT = 0xF4
 KVM_ENOSYS = 1000
 _HOST_RIP = 0xFFFF_FFFF_8100_0000  # where L0's VM-exit handler would be
+HARDWARE_EXCEPTION = InterruptionType.HARDWARE_EXCEPTION
+# Events an instruction raises: injected with the instruction length (SDM §27.6.1.1).
+_SOFTWARE_EVENT_TYPES = frozenset(
+    {
+        InterruptionType.SOFTWARE_INTERRUPT,
+        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+        InterruptionType.SOFTWARE_EXCEPTION,
+    }
+)
 # IA32_DEBUGCTL bits KVM drops on a write instead of #GP: LBR and BTF (vmx_set_msr, 6.x).
 _DEBUGCTL_IGNORED = 0b11
 _CR0_HOST_OWNED = CR0_PE | CR0_NE | CR0_PG | CR0_NW | CR0_CD
@@ -82,6 +91,9 @@ class VmxVcpu:
         self.regs = [0] * 16  # guest GPRs (KVM's vcpu->arch.regs), RSP excepted
         self.cr2 = 0
         self.halted = False  # halted with nothing to wake it (KVM_MP_STATE_HALTED)
+        # (interruption info, error code, instruction length) of an event whose delivery the last
+        # exit interrupted, to be delivered again at the next entry (KVM's vmx_complete_interrupts).
+        self.requeued: tuple[int, int, int] | None = None
         self.vmxon_region = self.alloc_page()
         self.vmcs01 = self.alloc_page()
         self.launched: set[int] = set()  # processor VMCSs (vmcs01, vmcs02) entered since their VMCLEAR
@@ -244,7 +256,7 @@ class VmxVcpu:
         return self.handle_exit()
 
     def handle_exit(self) -> RunEnd | None:
-        reason = self.vmread(F.VM_EXIT_REASON)
+        reason, vectoring = self.vmread_many((F.VM_EXIT_REASON, F.IDT_VECTORING_INFO_FIELD))
         basic = reason & 0xFFFF
         from_l2 = self.nested.guest_mode
         self.stats.count_exit(basic, from_l2)
@@ -258,9 +270,31 @@ class VmxVcpu:
             )
         if reason & (1 << 31):
             raise L0Bug(f"VM-entry failure of vmcs01: {exit_reason_name(basic)} ({self.cpu.last_entry_check})")
-        if from_l2:
-            return self.nested.handle_l2_exit(basic)
-        return self.handle_as_l0(basic)
+        self.complete_interrupts(vectoring)
+        end = self.nested.handle_l2_exit(basic) if from_l2 else self.handle_as_l0(basic)
+        if end is None and self.requeued is not None:
+            self.inject_event(*self.requeued)
+            self.requeued = None
+        return end
+
+    def complete_interrupts(self, vectoring: int) -> None:
+        """KVM's vmx_complete_interrupts: an exit during event delivery (SDM §28.2.3) leaves the
+        event to deliver again, unless the handler reflects the exit to L1 or replaces the event."""
+        self.requeued = None
+        if vectoring & INTR_INFO_VALID:
+            error_code = self.vmread(F.IDT_VECTORING_ERROR_CODE) if vectoring & INTR_INFO_DELIVER_ERROR_CODE else 0
+            software = (vectoring >> 8) & 7 in _SOFTWARE_EVENT_TYPES
+            length = self.vmread(F.VM_EXIT_INSTRUCTION_LEN) if software else 0
+            self.requeued = (vectoring & (INTR_INFO_VALID | 0xFFF), error_code, length)  # bit 12 is undefined here
+
+    def inject_event(self, info: int, error_code: int, length: int) -> None:
+        """Event injection at the next VM entry (SDM §27.6): interruption info, error code, length."""
+        values = {F.VM_ENTRY_INTR_INFO_FIELD: info}
+        if info & INTR_INFO_DELIVER_ERROR_CODE:
+            values[F.VM_ENTRY_EXCEPTION_ERROR_CODE] = error_code
+        if (info >> 8) & 7 in _SOFTWARE_EVENT_TYPES:
+            values[F.VM_ENTRY_INSTRUCTION_LEN] = length
+        self.vmwrite_many(values)
 
     def handle_as_l0(self, basic: int) -> RunEnd | None:
         """L0's own handling of an exit, from L1 or (when L1 does not want it) from L2."""
@@ -280,7 +314,14 @@ class VmxVcpu:
         """Inject a hardware exception at the next VM entry (KVM's kvm_queue_exception); in L2, L1
         may intercept it.  The platform has no IDT at entry: an exception before L1 loads one ends
         the run (L2's go through L2's IDT, or to L1)."""
-        info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
+        previous, self.requeued = self.requeued, None
+        if previous is not None and not self.nested.guest_mode and previous[0] >> 8 & 7 == HARDWARE_EXCEPTION:
+            # The exit interrupted the delivery of `previous` (KVM's kvm_multiple_exception).
+            if previous[0] & 0xFF == Vector.DF:
+                return self.handle_triple_fault()
+            if double_fault_class(previous[0] & 0xFF, vector):
+                vector, error_code = Vector.DF, 0
+        info = vector | HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
         if error_code is not None:
             info |= INTR_INFO_DELIVER_ERROR_CODE
         if self.nested.guest_mode:
@@ -291,9 +332,7 @@ class VmxVcpu:
         elif self.vmread(F.GUEST_IDTR_LIMIT) == 0:
             name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
             return self.crash(f"guest crashed: #{name} (vector {vector})")
-        if error_code is not None:
-            self.vmwrite(F.VM_ENTRY_EXCEPTION_ERROR_CODE, error_code)
-        self.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info)
+        self.inject_event(info, error_code or 0, 0)
         return None
 
     def crash(self, what: str) -> RunEnd:
@@ -311,9 +350,8 @@ class VmxVcpu:
         if vector == Vector.PF:
             self.cr2 = self.vmread(F.EXIT_QUALIFICATION)
         kind = (info >> 8) & 7
-        if kind == InterruptionType.SOFTWARE_EXCEPTION:
-            self.vmwrite(F.VM_ENTRY_INSTRUCTION_LEN, self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
-            self.vmwrite(F.VM_ENTRY_INTR_INFO_FIELD, info & ~(1 << 12))
+        if kind in _SOFTWARE_EVENT_TYPES:  # INT3, INT1: delivered again past the instruction
+            self.inject_event(info & ~(1 << 12), 0, self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
             return None
         return self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
 
