@@ -84,6 +84,7 @@ _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 # What the shadow-VMCS fast path reads from Unicorn, in one batch.
 _FAST_PATH_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_CR3, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS, *GPR_IDS)
 _CR0_TS = 1 << 3
+_DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
 _CR4_TSD = 1 << 2
 
 
@@ -434,7 +435,8 @@ class Engine:
     def _on_interrupt(self, uc: Uc, vector: int, _ud) -> None:
         # CR2 must be read here: after emu_start returns, Unicorn reports a wrong CR2.
         if self.stop is None:
-            self._halt("exception", uc.reg_read(X.UC_X86_REG_RIP), vector=vector, cr2=uc.reg_read(X.UC_X86_REG_CR2))
+            rip, cr2, dr6 = (uc.reg_read(reg) for reg in (X.UC_X86_REG_RIP, X.UC_X86_REG_CR2, X.UC_X86_REG_DR6))
+            self._halt("exception", rip, vector=vector, cr2=cr2, dr6=dr6)
 
     def _on_memory_fault(self, uc: Uc, access: int, address: int, size: int, value: int, _ud) -> bool:
         if self.stop is None:
@@ -514,7 +516,7 @@ class Engine:
             return self._invalid_instruction(stop.rip)
         if stop.kind == "exception":
             cpu.state.cr2 = stop.data["cr2"]
-            return self._interrupt(stop.data["vector"])
+            return self._interrupt(stop.data["vector"], stop.data["dr6"])
         if stop.kind == "special":
             return self._special(stop.rip)
         if stop.kind == "retranslate":
@@ -744,36 +746,39 @@ class Engine:
         return int.from_bytes(self.guest_memory().read(address, 2), "little")
 
     # Exceptions (SDM §26.2 exception bitmap; §27.6 / Vol. 3A §6.14 delivery)
-    def _exception(self, vector: int, error_code: int | None = None, address: int | None = None) -> VmExit | None:
-        """A hardware exception of the instruction at RIP; `address`: a #PF's linear address."""
+    def _exception(
+        self, vector: int, error_code: int | None = None, address: int | None = None, qualification: int = 0
+    ) -> VmExit | None:
+        """A hardware exception of the instruction at RIP; `address`: a #PF's linear address;
+        `qualification`: a #DB's, should it exit."""
         if address is not None:
             self.cpu.state.cr2 = address
         if vector in ERROR_CODE_VECTORS and error_code is None:
             error_code = self._error_code(vector)
-        return self._raise(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None))
+        return self._raise(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None), 0, qualification)
 
-    def _interrupt(self, vector: int) -> VmExit | None:
+    def _interrupt(self, vector: int, dr6: int) -> VmExit | None:
         """Unicorn raised `vector`: an exception of the instruction at RIP, or INT n / INT3, after
-        which RIP is past the instruction the counter saw start."""
+        which RIP is past the instruction the counter saw start.  A #DB (a single step, a
+        breakpoint) has the DR6 bits Unicorn set, which an exit reports instead (SDM §28.2.1)."""
         s, last = self.cpu.state, self.ctx.counter.last
         ins = self._decoded_at(s.cr3, last, _decode_x86) if last != s.rip else None
         if ins is not None and last + ins.len == s.rip and ins.mnemonic in _SOFTWARE_EVENTS:
             return self._raise(Event(vector, None, _SOFTWARE_EVENTS[ins.mnemonic]), ins.len)
-        return self._exception(vector)
+        return self._exception(vector, qualification=dr6 & _DR6_EXIT_BITS if vector == Vector.DB else 0)
 
-    def _raise(self, event: Event, length: int = 0) -> VmExit | None:
+    def _raise(self, event: Event, length: int = 0, qualification: int = 0) -> VmExit | None:
         """An exception exits if the exception bitmap selects it (SDM §26.2; INT n never does),
         reporting the instruction that raised a software one (length, RIP; §28.2.4); otherwise it
         is delivered through the IDT."""
         s = self.cpu.state
         if event.kind != InterruptionType.SOFTWARE_INTERRUPT and self._exception_exits(event, self.cpu.current.fields):
             s.rip -= length
-            return self._exception_exit(event, length)
+            return self._exception_exit(event, length, qualification)
         return self._deliver(event, length)
 
-    def _exception_exit(self, event: Event, length: int = 0, **vectoring: int) -> VmExit:
+    def _exception_exit(self, event: Event, length: int = 0, qualification: int = 0, **vectoring: int) -> VmExit:
         s = self.cpu.state
-        qualification = 0
         if event.vector == Vector.PF and event.kind == InterruptionType.HARDWARE_EXCEPTION:
             qualification, s.cr2 = s.cr2, self.cr2_before_run  # a #PF that exits leaves CR2 alone (§27.1)
         return self._exit(

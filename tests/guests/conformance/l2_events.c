@@ -16,7 +16,8 @@ enum {
 #define ERROR_CODE (1u << 11)
 #define IDT ((u64 *)0x800000)  /* 8 MiB: memory L2 has not touched before the last test */
 
-extern char l2_int1[], l2_int3[], l2_int_3[], l2_int_13[], l2_ud2[], l2_nop[], l2_handler[];
+extern char l2_int1[], l2_int3[], l2_int_3[], l2_int_13[], l2_ud2[], l2_nop[], l2_handler[], l2_step[], l2_stepped[],
+    l2_fpu[];
 
 __asm__(".text\n"
         "l2_int1: .byte 0xf1\n vmcall\n"
@@ -25,7 +26,9 @@ __asm__(".text\n"
         "l2_int_13: .byte 0xcd, 0x0d\n vmcall\n"
         "l2_ud2: ud2\n vmcall\n"
         "l2_nop: nop\n vmcall\n"
-        "l2_handler: vmcall\n 1: hlt\n jmp 1b\n");
+        "l2_handler: vmcall\n 1: hlt\n jmp 1b\n"
+        "l2_step: pushfq\n orq $0x100, (%rsp)\n popfq\n l2_stepped: nop\n nop\n vmcall\n"  /* TF: a trap after one */
+        "l2_fpu: fninit\n vmcall\n");
 
 struct exit { u64 reason, info, error, vectoring, vectoring_error, len, rip; };
 static int launched;
@@ -34,6 +37,7 @@ static struct exit run(char *rip, u32 bitmap, u32 idt_limit, u32 inject, u32 inj
     struct exit e;
     vmw(GUEST_RIP, (u64)rip);
     vmw(GUEST_RSP, (u64)(l2_stack + sizeof(l2_stack)));
+    vmw(GUEST_RFLAGS, 2);
     vmw(EXCEPTION_BITMAP, bitmap);
     vmw(GUEST_IDTR_BASE, (u64)IDT);
     vmw(GUEST_IDTR_LIMIT, idt_limit);
@@ -92,6 +96,13 @@ int main(void) {
     ok(e.reason == 0 && e.info == (VALID | ERROR_CODE | 3 << 8 | 13) && e.error == 0x21 * 8 + 2 &&
            e.vectoring == (VALID | 4 << 8 | 0x21) && e.len == 2 && e.rip == (u64)l2_nop,
        "injected INT 0x21 without IDT: #GP(0x10a), the VM-entry instruction length reported");
+    e = run(l2_step, 1u << 1, 0, 0, 0);
+    ok(e.reason == 0 && e.info == (VALID | 3 << 8 | 1) && vmr(EXIT_QUALIFICATION) == 1 << 14 && e.rip == (u64)l2_stepped + 1,
+       "single step: #DB exit after the instruction, a hardware exception, qualification BS");
+    vmw(GUEST_CR0, vmr(GUEST_CR0) | 1 << 3);
+    e = run(l2_fpu, 1u << 7, 0, 0, 0);
+    ok(e.reason == 0 && e.info == (VALID | 3 << 8 | 7) && e.rip == (u64)l2_fpu, "FNINIT with CR0.TS: #NM exit");
+    vmw(GUEST_CR0, vmr(GUEST_CR0) & ~(1ull << 3));
     gate(6, l2_handler);
     e = run(l2_nop, 0, 0xfff, VALID | 3 << 8 | 6, 0);
     ok(e.reason == 18 && e.rip == (u64)l2_handler, "injected #UD through an IDT in memory L2 never touched: its handler runs");
