@@ -84,6 +84,7 @@ _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 # What the shadow-VMCS fast path reads from Unicorn, in one batch.
 _FAST_PATH_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_CR3, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS, *GPR_IDS)
 _CR0_TS = 1 << 3
+_NO_INSTRUCTION = 0xFFFF_FFFF_FFFF_FFFF  # the instruction counter's "last" before the first one
 _DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
 _CR4_TSD = 1 << 2
 
@@ -124,7 +125,9 @@ _decode_vmx64 = partial(_decode_vmx_mode, long_mode_64=True)
 _decode_vmx32 = partial(_decode_vmx_mode, long_mode_64=False)
 
 
-def _decode_x86(code: bytes, rip: int) -> tuple[iced_x86.Instruction, int]:
+def _decode_x86(code: bytes, rip: int) -> tuple[iced_x86.Instruction, int] | None:
+    if not code:  # nothing fetchable there
+        return None
     ins = next(iter(iced_x86.Decoder(64, code, ip=rip)))
     return ins, ins.len
 
@@ -302,6 +305,7 @@ class Engine:
             if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
                 ctx.scanned.add(cpu.state.rip)
                 self._scan(cpu.state.rip)
+            ctx.counter.last = _NO_INSTRUCTION  # what the counter saw start belongs to this run
             try:
                 ctx.uc.emu_start(cpu.state.rip, 0xFFFF_FFFF_FFFF_FFFF)
             except UcError as err:

@@ -43,6 +43,9 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
             nested.copy_shadow_to_vmcs12()  # L1's exit-less VMWRITEs (the lost-VMWRITE bug otherwise)
         vmcs12_blob = nested.vmcs12.to_bytes()
     events = {F(f).name: vcpu.vmread(f) for f in EVENT_FIELDS}  # of the current VMCS: vmcs02 in guest mode
+    # L2's state as vmcs02 holds it: vmcs12 lacks what the VM-entry MSR-load area or L0 put there and
+    # what the exit controls do not save (KVM migrates it as the vCPU's registers and MSRs).
+    vmcs02 = {F(f).name: vcpu.vmread(f) for f in GUEST_STATE_FIELDS} if nested.guest_mode else None
     if nested.guest_mode:
         nested.load_vmcs(vcpu.vmcs01)
     vmcs01 = {F(f).name: vcpu.vmread(f) for f in VMCS01_STATE_FIELDS}
@@ -62,6 +65,7 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
             "current_vmptr": nested.current_vmptr,
             "guest_mode": nested.guest_mode,
             "nested_run_pending": nested.guest_mode and nested.nested_run_pending,
+            "vmcs02": vmcs02,
         },
     }
     return state, vmcs12_blob
@@ -112,6 +116,8 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
     if guest_mode:
         _enter_guest_mode(vcpu)
         nested.nested_run_pending = run_pending
+        if nested_state.get("vmcs02") is not None:  # vmcs02 is current
+            _write_fields(vcpu, nested_state["vmcs02"], GUEST_STATE_FIELDS, "vmcs02")
     _write_fields(vcpu, events, EVENT_FIELDS, "events")
 
 

@@ -115,6 +115,12 @@ _L1_STATE_FIELDS = (
     F.GUEST_FS_BASE,
     F.GUEST_GS_BASE,
 )
+# Guest fields a VM exit saves only under their VM-exit control (SDM §28.3.1).
+_SAVED_UNDER = (
+    (ExitCtls.SAVE_DEBUG_CONTROLS, (F.GUEST_DR7, F.GUEST_IA32_DEBUGCTL)),
+    (ExitCtls.SAVE_PAT, (F.GUEST_IA32_PAT,)),
+    (ExitCtls.SAVE_EFER, (F.GUEST_IA32_EFER,)),
+)
 # What sync_vmcs02_to_vmcs12 reads from vmcs02: L2's state, and the read shadows for CR bits only L0 owns.
 _SYNC_FIELDS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
@@ -599,11 +605,16 @@ class NestedVmx:
             return None
         if failure:
             return self.entry_failure(ExitReason.INVALID_GUEST_STATE, failure[1][1])
-        bad_msr = self._load_msrs(f[F.VM_ENTRY_MSR_LOAD_ADDR], f[F.VM_ENTRY_MSR_LOAD_COUNT])
-        if bad_msr is not None:
-            return self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
         v.skip_emulated_instruction()  # L1 resumes after VMLAUNCH/VMRESUME at its next nested exit
         self.prepare_vmcs02(launch)
+        # The MSR-load area goes into L2's state, after its guest state (SDM §27.4; nested_vmx_load_msr).
+        bad_msr = self._load_msrs(f[F.VM_ENTRY_MSR_LOAD_ADDR], f[F.VM_ENTRY_MSR_LOAD_COUNT])
+        if bad_msr is not None:
+            v.stats.nested_vmentries -= 1  # L2 never ran: the VMCS is not launched by this entry
+            self.guest_mode = self.nested_run_pending = False
+            if launch:
+                vmcs12.launched = False
+            return self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
         return None
 
     def _msr_area_limit(self) -> int:
@@ -654,7 +665,9 @@ class NestedVmx:
         eptp12 = f[F.EPT_POINTER] if self._uses_ept12() else None
         if self.ept02 is None or self.ept02_source != eptp12:
             self._build_ept02(eptp12)
-        l1_efer, l1_pat = v.vmread_many((F.GUEST_IA32_EFER, F.GUEST_IA32_PAT))
+        l1_efer, l1_pat, l1_dr7, l1_debugctl = v.vmread_many(
+            (F.GUEST_IA32_EFER, F.GUEST_IA32_PAT, F.GUEST_DR7, F.GUEST_IA32_DEBUGCTL)
+        )
         self.load_vmcs(self.vmcs02)
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
         # L1's I/O bitmaps are read by L0; HLT is L0's to handle when L1 does not intercept it (a
@@ -670,7 +683,10 @@ class NestedVmx:
             F.CPU_BASED_VM_EXEC_CONTROL: v.adjust_controls_primary(primary),
             F.SECONDARY_VM_EXEC_CONTROL: secondary,
             F.VM_EXIT_CONTROLS: v.vmcs01_exit_controls,
-            F.VM_ENTRY_CONTROLS: (f[F.VM_ENTRY_CONTROLS] | EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT),
+            F.VM_ENTRY_CONTROLS: f[F.VM_ENTRY_CONTROLS]
+            | EntryCtls.LOAD_EFER
+            | EntryCtls.LOAD_PAT
+            | EntryCtls.LOAD_DEBUG_CONTROLS,
             F.VIRTUAL_PROCESSOR_ID: _VPID02,
             F.EPT_POINTER: self.ept02.eptp,
             F.EXCEPTION_BITMAP: f[F.EXCEPTION_BITMAP],
@@ -703,6 +719,8 @@ class NestedVmx:
             values[F.GUEST_IA32_EFER] = efer | EFER_LMA | EFER_LME if ia32e else efer & ~(EFER_LMA | EFER_LME)
         if not f[F.VM_ENTRY_CONTROLS] & EntryCtls.LOAD_PAT:
             values[F.GUEST_IA32_PAT] = l1_pat
+        if not f[F.VM_ENTRY_CONTROLS] & EntryCtls.LOAD_DEBUG_CONTROLS:  # L2 keeps L1's (KVM: pre_vmenter_debugctl)
+            values[F.GUEST_DR7], values[F.GUEST_IA32_DEBUGCTL] = l1_dr7, l1_debugctl
         values.update(v.host_state_fields)
         # Write only what vmcs02 does not hold already (KVM's split of prepare_vmcs02 into a "rare"
         # part): the processor itself changes only the guest state, which the last nested exit read.
@@ -912,7 +930,7 @@ class NestedVmx:
             vmcs12[F.EXIT_QUALIFICATION] = qualification
         if intr_info is not None:
             vmcs12[F.VM_EXIT_INTR_INFO], vmcs12[F.VM_EXIT_INTR_ERROR_CODE] = intr_info, intr_error_code
-        self.sync_vmcs02_to_vmcs12()
+        l2 = self.sync_vmcs02_to_vmcs12()
         bad_store = self._store_msrs(vmcs12[F.VM_EXIT_MSR_STORE_ADDR], vmcs12[F.VM_EXIT_MSR_STORE_COUNT])
         v.stats.nested_vmexits += 1
         self.sync_shadow_vmcs = self.shadow_vmcs is not None
@@ -921,7 +939,7 @@ class NestedVmx:
                 f"kvm_nested_vmexit: vcpu {v.vcpu_id} reason {ExitReason(reason & 0xFFFF).name} "
                 f"rip {vmcs12[F.GUEST_RIP]:#x} info1 {vmcs12[F.EXIT_QUALIFICATION]:#x}"
             )
-        end = self.load_vmcs12_host_state()
+        end = self.load_vmcs12_host_state(l2)
         if bad_store is not None:
             return self.vmx_abort(VMX_ABORT_SAVE_GUEST_MSR_FAIL, f"storing MSR-store entry {bad_store} failed")
         return end
@@ -933,13 +951,17 @@ class NestedVmx:
         self.l1_memory.write_bus(self.current_vmptr + ABORT_OFFSET, 4, indicator)
         return self.vcpu.crash(f"guest crashed: VMX abort {indicator} ({why})")
 
-    def sync_vmcs02_to_vmcs12(self) -> None:
+    def sync_vmcs02_to_vmcs12(self) -> dict[int, int]:
+        """L2's state from vmcs02 into vmcs12, as the VM exit saves it (SDM §28.3); returns L2's
+        guest state as vmcs02 holds it."""
         v, vmcs12 = self.vcpu, self.vmcs12
         f = vmcs12.fields
         *values, cr0_shadow, cr4_shadow = v.vmread_many(_SYNC_FIELDS)
-        guest_state = dict(zip(GUEST_STATE_FIELDS, values, strict=True))
-        f.update(guest_state)
-        self.vmcs02_values.update(guest_state)
+        l2 = dict(zip(GUEST_STATE_FIELDS, values, strict=True))
+        self.vmcs02_values.update(l2)
+        exit_ctls = f[F.VM_EXIT_CONTROLS]
+        unsaved = {field for control, fields in _SAVED_UNDER if not exit_ctls & control for field in fields}
+        f.update((field, value) for field, value in l2.items() if field not in unsaved)
         for cr, mask_f, shadow in (
             (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, cr0_shadow),
             (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, cr4_shadow),
@@ -948,14 +970,16 @@ class NestedVmx:
             mask12 = vmcs12[mask_f]
             hidden = l0_mask & ~mask12  # bits only L0 intercepts: L2's value is in vmcs02's read shadow
             f[cr] = f[cr] & ~hidden | shadow & hidden
-        if f[F.GUEST_IA32_EFER] & EFER_LMA:
+        if l2[F.GUEST_IA32_EFER] & EFER_LMA:
             f[F.VM_ENTRY_CONTROLS] |= EntryCtls.IA32E_MODE_GUEST
         else:
             f[F.VM_ENTRY_CONTROLS] &= ~EntryCtls.IA32E_MODE_GUEST
         f[F.VM_ENTRY_INTR_INFO_FIELD] &= ~INTR_INFO_VALID
+        return l2
 
-    def load_vmcs12_host_state(self) -> RunEnd | None:
-        """Switch back to vmcs01 and give L1 the host state of vmcs12 (SDM §28.5, KVM's function)."""
+    def load_vmcs12_host_state(self, l2: dict[int, int] | None = None) -> RunEnd | None:
+        """Switch back to vmcs01 and give L1 the host state of vmcs12 (SDM §28.5, KVM's function).
+        `l2`: L2's last guest state (None: L2 did not run), where the exit keeps EFER and PAT."""
         v, f = self.vcpu, self.vmcs12.fields
         if v.cpu.current_vmcs != v.vmcs01:
             self.load_vmcs(v.vmcs01)
@@ -987,11 +1011,13 @@ class NestedVmx:
         }
         if exit_ctls & ExitCtls.LOAD_EFER:
             values[F.GUEST_IA32_EFER] = f[F.HOST_IA32_EFER]
-        else:
-            efer = v.vmread(F.GUEST_IA32_EFER)
+        else:  # only LMA and LME change (§28.5.1)
+            efer = l2[F.GUEST_IA32_EFER] if l2 else v.vmread(F.GUEST_IA32_EFER)
             values[F.GUEST_IA32_EFER] = efer | EFER_LMA | EFER_LME if host64 else efer & ~(EFER_LMA | EFER_LME)
         if exit_ctls & ExitCtls.LOAD_PAT:
             values[F.GUEST_IA32_PAT] = f[F.HOST_IA32_PAT]
+        elif l2:
+            values[F.GUEST_IA32_PAT] = l2[F.GUEST_IA32_PAT]
         selectors = {
             Seg.ES: F.HOST_ES_SELECTOR,
             Seg.CS: F.HOST_CS_SELECTOR,

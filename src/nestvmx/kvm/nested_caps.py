@@ -68,9 +68,11 @@ def nested_vmx_msrs(host: CpuModel) -> dict[int, int]:
     basic = m[Msr.IA32_VMX_BASIC] & ~0x1FFF_FFFF_FFFF  # keep memory type and feature bits 48-63
     msrs[Msr.IA32_VMX_BASIC] = basic | VMX_BASIC_TRUE_CTLS | VMX_BASIC_INOUT_INFO | VMCS12_SIZE << 32 | VMCS12_REVISION
     for plain, true, supported in _CONTROL_MSRS.values():
+        # The TRUE MSR relaxes must-be-one bits but allows the same 1-settings (SDM A.3.1): the
+        # default1 bits (e.g. "save debug controls") stay allowed (KVM's *_ALWAYSON_WITHOUT_TRUE_MSR).
+        allowed1 = (m[plain] >> 32) & (supported | m[plain] & 0xFFFF_FFFF)
         for index in (plain, true):
-            must_be_one = m[index] & 0xFFFF_FFFF
-            msrs[index] = ((m[index] >> 32) & (supported | must_be_one)) << 32 | must_be_one
+            msrs[index] = allowed1 << 32 | m[index] & 0xFFFF_FFFF
     msrs[Msr.IA32_VMX_PROCBASED_CTLS2] = ((m[Msr.IA32_VMX_PROCBASED_CTLS2] >> 32) & NESTED_SECONDARY) << 32
     msrs[Msr.IA32_VMX_EPT_VPID_CAP] = m[Msr.IA32_VMX_EPT_VPID_CAP] & NESTED_EPT_VPID
     # No activity states but active, no preemption timer; VMWRITE to exit fields allowed (KVM).

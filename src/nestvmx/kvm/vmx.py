@@ -162,6 +162,7 @@ class VmxVcpu:
         exit_ctls = self._controls(
             ControlKind.EXIT,
             ExitCtls.HOST_ADDR_SPACE_SIZE
+            | ExitCtls.SAVE_DEBUG_CONTROLS  # DR7 and DEBUGCTL travel with the guest, as in KVM's vmcs01
             | ExitCtls.SAVE_EFER
             | ExitCtls.LOAD_EFER
             | ExitCtls.SAVE_PAT
@@ -169,7 +170,8 @@ class VmxVcpu:
             | ExitCtls.ACK_INTR_ON_EXIT,
         )
         entry_ctls = self._controls(
-            ControlKind.ENTRY, EntryCtls.IA32E_MODE_GUEST | EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT
+            ControlKind.ENTRY,
+            EntryCtls.IA32E_MODE_GUEST | EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT | EntryCtls.LOAD_DEBUG_CONTROLS,
         )
         host = cpu.state
         self.vmcs01_exit_controls = exit_ctls
