@@ -38,6 +38,14 @@ def test_conformance_program(program: str, cpu: str) -> None:
     assert re.search(r"^ok \d+ - ", result.console, re.M) and "END" in result.console
 
 
+@pytest.mark.parametrize("cpu", MODELS)
+def test_invalidation_types_as_the_sdm_says(cpu: str) -> None:
+    """INVEPT/INVVPID cases where Bochs departs from the SDM (not a conformance program)."""
+    result = run_program(CONFORMANCE.parent / "invalidation_types.c", cpu)
+    assert result.outcome == "exit" and result.status == 0, result.console + result.message
+    assert len(re.findall(r"^ok ", result.console, re.M)) == 4
+
+
 # Per iteration of each workload: the L2 exits L1 handles, and the L0 exits of each reason.
 WORKLOADS = {
     "cpuid": (1, {"CPUID": 1}),

@@ -524,8 +524,7 @@ class NestedVmx:
         end = self._check_permission()
         if end is not None:
             return end
-        info = self.vcpu.vmread(F.VMX_INSTRUCTION_INFO)
-        type_ = self._reg((info >> 28) & 0xF) & 0xFFFF_FFFF
+        type_ = self._invalidation_type()
         cap = self.model.msrs[Msr.IA32_VMX_EPT_VPID_CAP]
         supported = {1: EPT_CAP_INVEPT_SINGLE_CONTEXT, 2: EPT_CAP_INVEPT_ALL_CONTEXT}
 
@@ -542,25 +541,26 @@ class NestedVmx:
 
         return self._emulate(body)
 
+    def _invalidation_type(self) -> int:
+        """INVEPT/INVVPID's register operand: 64 bits in 64-bit mode, else 32 (kvm_register_read)."""
+        value = self._reg((self.vcpu.vmread(F.VMX_INSTRUCTION_INFO) >> 28) & 0xF)
+        return value if self.l1_state().in_64bit_mode else value & 0xFFFF_FFFF
+
     def handle_invvpid(self) -> RunEnd | None:
         end = self._check_permission()
         if end is not None:
             return end
-        info = self.vcpu.vmread(F.VMX_INSTRUCTION_INFO)
-        type_ = self._reg((info >> 28) & 0xF) & 0xFFFF_FFFF
+        type_ = self._invalidation_type()
         cap = self.model.msrs[Msr.IA32_VMX_EPT_VPID_CAP]
 
         def body() -> None:
+            if type_ > 3 or not cap >> (40 + type_) & 1:  # before the descriptor is read (SDM INVVPID)
+                self.fail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
+                return
             state = self.l1_state()
             raw = self._memory(state).read(self._operand_address(state), 16)
             low, address = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
-            if (
-                type_ > 3
-                or not cap >> (40 + type_) & 1
-                or low >> 16
-                or (type_ != 2 and low & 0xFFFF == 0)
-                or (type_ == 0 and not canonical(address))
-            ):
+            if low >> 16 or (type_ != 2 and low & 0xFFFF == 0) or (type_ == 0 and not canonical(address)):
                 self.fail(VmxError.INVALID_OPERAND_TO_INVEPT_INVVPID)
                 return
             self.succeed()  # L2's linear translations are not cached across exits by the engine
