@@ -85,6 +85,7 @@ _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 _FAST_PATH_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_CR3, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS, *GPR_IDS)
 _CR0_TS = 1 << 3
 _NO_INSTRUCTION = 0xFFFF_FFFF_FFFF_FFFF  # the instruction counter's "last" before the first one
+_MOV_SS_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
 _DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
 _CR4_TSD = 1 << 2
 
@@ -261,6 +262,7 @@ class Engine:
         self.ctx = ctx
         self._run_start = ctx.counter.count
         ctx.counter.limit = self._run_start + timer if timer else 0
+        ctx.counter.last = ctx.counter.previous = _NO_INSTRUCTION  # what it sees start belongs to this entry
         try:
             return self._run(ctx)
         finally:
@@ -305,7 +307,6 @@ class Engine:
             if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
                 ctx.scanned.add(cpu.state.rip)
                 self._scan(cpu.state.rip)
-            ctx.counter.last = _NO_INSTRUCTION  # what the counter saw start belongs to this run
             try:
                 ctx.uc.emu_start(cpu.state.rip, 0xFFFF_FFFF_FFFF_FFFF)
             except UcError as err:
@@ -552,7 +553,20 @@ class Engine:
         return self._exit(ExitReason.EXTERNAL_INTERRUPT, intr_info=info)
 
     def _exit(self, reason: int, length: int = 0, **info) -> VmExit:
+        self.cpu.state.interruptibility = self._blocking()
         return self.cpu.vm_exit(VmExit(reason=reason, instruction_length=length, **info))
+
+    def _blocking(self) -> int:
+        """Blocking by MOV SS where the guest stops (SDM Table 25-3): after a MOV to SS, for one
+        instruction; the blocking a VM entry loaded lasts until an instruction completes.
+        (Blocking by STI is not tracked: the engine does not see RFLAGS.IF before an STI.)"""
+        s, counter = self.cpu.state, self.ctx.counter
+        before = counter.previous if counter.last == s.rip else counter.last  # completed just before RIP
+        if before == _NO_INSTRUCTION:
+            return s.interruptibility
+        ins = self._decoded_at(s.cr3, before, _decode_x86)
+        mov_ss = ins is not None and ins.code in _MOV_SS_CODES and ins.op0_register == iced_x86.Register.SS
+        return 2 if mov_ss and before + ins.len == s.rip else 0
 
     # I/O (SDM §26.1.3 and Table 28-5)
     def _io_instruction(self, ins) -> VmExit | None:
@@ -592,6 +606,7 @@ class Engine:
         instr = self._decoded_at(s.cr3, rip, _decode_vmx64 if s.in_64bit_mode else _decode_vmx32)
         if instr is None:
             return self._int1(rip) or self._exception(Vector.UD)
+        s.interruptibility = self._blocking()  # VMLAUNCH/VMRESUME check it; their exits record it
         try:
             return self.cpu.execute(instr, self.guest_memory())
         except X86Exception as exc:
