@@ -13,6 +13,23 @@ _LEAF1_EDX = 0x0789FBFF & ~(1 << 9)  # FPU..SSE2 without the on-chip APIC, which
 _EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 29)  # SYSCALL, NX, LM
 _LEAF1_HTT = 1 << 28
 CPUID_FEATURE_VMX = 1 << 5
+# CR4 bits and the leaf-1 feature each needs (KVM's __cr4_reserved_bits): VME and PVI (VME), TSD
+# (TSC), DE, PSE, PAE, MCE, PGE, OSFXSR (FXSR), OSXMMEXCPT (SSE) in EDX, VMXE (VMX) in ECX; PCE needs none.
+_CR4_FEATURES = {
+    0: (_LEAF1_EDX, 1),
+    1: (_LEAF1_EDX, 1),
+    2: (_LEAF1_EDX, 4),
+    3: (_LEAF1_EDX, 2),
+    4: (_LEAF1_EDX, 3),
+    5: (_LEAF1_EDX, 6),
+    6: (_LEAF1_EDX, 7),
+    7: (_LEAF1_EDX, 13),
+    9: (_LEAF1_EDX, 24),
+    10: (_LEAF1_EDX, 25),
+    13: (_LEAF1_ECX, 5),
+}
+# The CR4 bits a guest may set: a MOV to CR4 setting any other is #GP(0) (SDM Vol. 2B MOV CR).
+CR4_GUEST_VALID = 1 << 8 | sum(1 << cr4_bit for cr4_bit, (word, bit) in _CR4_FEATURES.items() if word >> bit & 1)
 
 
 def cpuid(model: CpuModel, leaf: int, subleaf: int, apic_id: int = 0, vcpus: int = 1) -> tuple[int, int, int, int]:

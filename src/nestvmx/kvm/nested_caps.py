@@ -9,6 +9,7 @@ from dataclasses import replace
 from nestvmx.arch.controls import ControlKind, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.msr import VMX_BASIC_INOUT_INFO, VMX_BASIC_TRUE_CTLS, VMX_MISC_VMWRITE_ANY_FIELD, Msr
 from nestvmx.hw.cpu_models import CpuModel
+from nestvmx.kvm.cpuid import CR4_GUEST_VALID
 from nestvmx.kvm.vmcs12 import VMCS12_REVISION, VMCS12_SIZE
 
 # Controls whose 1-setting L0 emulates for L1 (besides the default1 bits).
@@ -75,6 +76,8 @@ def nested_vmx_msrs(host: CpuModel) -> dict[int, int]:
             msrs[index] = allowed1 << 32 | m[index] & 0xFFFF_FFFF
     msrs[Msr.IA32_VMX_PROCBASED_CTLS2] = ((m[Msr.IA32_VMX_PROCBASED_CTLS2] >> 32) & NESTED_SECONDARY) << 32
     msrs[Msr.IA32_VMX_EPT_VPID_CAP] = m[Msr.IA32_VMX_EPT_VPID_CAP] & NESTED_EPT_VPID
+    # CR4 bits L1 may set in VMX operation: those its CPUID has features for (nested_vmx_cr_fixed1_bits_update).
+    msrs[Msr.IA32_VMX_CR4_FIXED1] = m[Msr.IA32_VMX_CR4_FIXED1] & CR4_GUEST_VALID
     # No activity states but active, no preemption timer; VMWRITE to exit fields allowed (KVM).
     msrs[Msr.IA32_VMX_MISC] = (m[Msr.IA32_VMX_MISC] & 0x01FF_0000) | VMX_MISC_VMWRITE_ANY_FIELD
     msrs.pop(Msr.IA32_VMX_VMFUNC, None)

@@ -30,7 +30,7 @@ from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, double_fault_class
 from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
 from nestvmx.hw.state import AR_L, CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
-from nestvmx.kvm.cpuid import cpuid
+from nestvmx.kvm.cpuid import CR4_GUEST_VALID, cpuid
 from nestvmx.kvm.nested import NestedVmx
 from nestvmx.kvm.stats import RunStats
 
@@ -52,8 +52,9 @@ _SOFTWARE_EVENT_TYPES = frozenset(
 )
 # IA32_DEBUGCTL bits KVM drops on a write instead of #GP: LBR and BTF (vmx_set_msr, 6.x).
 _DEBUGCTL_IGNORED = 0b11
-_CR0_HOST_OWNED = CR0_PE | CR0_NE | CR0_PG | CR0_NW | CR0_CD
-_CR4_HOST_OWNED = CR4_VMXE | CR4_PAE
+# Bits L0 intercepts in CR0/CR4 writes: its own needs and every bit a write of which is #GP(0).
+_CR0_HOST_OWNED = CR0_PE | CR0_NE | CR0_PG | CR0_NW | CR0_CD | 0xFFFF_FFFF_0000_0000
+_CR4_HOST_OWNED = CR4_VMXE | CR4_PAE | ~CR4_GUEST_VALID & 0xFFFF_FFFF_FFFF_FFFF
 _CR0_FIXED = CR0_PE | CR0_NE | CR0_PG  # what the processor requires of the real CR0 of a guest
 
 
@@ -480,8 +481,8 @@ class VmxVcpu:
             real = value & ~(CR0_NW | CR0_CD) | self.vmread(F.GUEST_CR0) & (CR0_NW | CR0_CD)
             self.vmwrite(F.GUEST_CR0, real | CR0_NE)
         else:
-            if not value & CR4_PAE:
-                return self.queue_exception(Vector.GP, 0)  # clearing CR4.PAE in IA-32e mode
+            if not value & CR4_PAE or value & ~CR4_GUEST_VALID:  # clearing PAE in IA-32e mode, reserved bits
+                return self.queue_exception(Vector.GP, 0)
             self.vmwrite(F.CR4_READ_SHADOW, value)  # CR4.VMXE as L1 sees it
             self.vmwrite(F.GUEST_CR4, value | CR4_VMXE)
         self.skip_emulated_instruction()

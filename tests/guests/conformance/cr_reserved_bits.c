@@ -1,0 +1,65 @@
+/* MOV to CR4 setting a bit whose feature CPUID does not report, or a reserved bit, and MOV to CR0
+ * setting a bit of 63:32, raise #GP(0) and change nothing (SDM Vol. 2B MOV CR; Vol. 3A §2.5).
+ * Bits whose features are reported are left alone (setting them has effects).  (TAP output.) */
+#include <nestvmx.h>
+
+#include "../tap.h"
+
+static u64 idt[512] __attribute__((aligned(16)));
+static volatile u64 gp_count, gp_error;
+extern char gp_handler[];
+
+/* #GP: record the error code, skip the 3-byte MOV to CR that faulted. */
+__asm__(".text\n gp_handler: popq gp_error(%rip)\n addq $3, (%rsp)\n incq gp_count(%rip)\n iretq\n");
+
+static u32 cpuid_reg(u32 leaf, int reg) {
+    u32 r[4];
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(0));
+    return r[reg];
+}
+
+static int faults(int cr, u64 value) {
+    u64 before = gp_count;
+    if (cr == 4)
+        __asm__ volatile("mov %0, %%cr4" : : "a"(value) : "memory");  /* 0f 22 e0: 3 bytes */
+    else
+        __asm__ volatile("mov %0, %%cr0" : : "a"(value) : "memory");  /* 0f 22 c0 */
+    return gp_count == before + 1 && gp_error == 0;
+}
+
+int main(void) {
+    u16 cs;
+    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+    u64 handler = (u64)gp_handler;
+    idt[26] = (handler & 0xffff) | (u64)cs << 16 | 0x8eull << 40 | (handler >> 16 & 0xffff) << 48;
+    idt[27] = handler >> 32;
+    struct { u16 limit; u64 base; } __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+
+    u32 max_leaf = cpuid_reg(0, 0), ecx1 = cpuid_reg(1, 2);
+    u32 ebx7 = max_leaf >= 7 ? cpuid_reg(7, 1) : 0, ecx7 = max_leaf >= 7 ? cpuid_reg(7, 2) : 0;
+    /* CR4 bit, and whether CPUID reports its feature (reserved bits: never). */
+    struct { int bit; int supported; const char *name; } bits[] = {
+        {11, ecx7 >> 2 & 1, "UMIP"},  {12, ecx7 >> 16 & 1, "LA57"},     {15, 0, "reserved bit 15"},
+        {16, ebx7 & 1, "FSGSBASE"},   {17, ecx1 >> 17 & 1, "PCIDE"},    {18, ecx1 >> 26 & 1, "OSXSAVE"},
+        {20, ebx7 >> 7 & 1, "SMEP"},  {21, ebx7 >> 20 & 1, "SMAP"},     {22, ecx7 >> 3 & 1, "PKE"},
+        {28, 0, "reserved bit 28"},   {32, 0, "reserved bit 32"},       {63, 0, "reserved bit 63"},
+    };
+    u64 cr4 = read_cr4();
+    int checked = 0, bad = 0;
+    for (unsigned i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
+        if (bits[i].supported) continue;
+        checked++;
+        if (!faults(4, cr4 | 1ull << bits[i].bit) || read_cr4() != cr4) {
+            bad++;
+            puts("# CR4 bit without #GP(0): "); puts(bits[i].name); putc('\n');
+        }
+    }
+    ok(checked >= 4 && bad == 0, "MOV to CR4 of an unsupported or reserved bit: #GP(0), CR4 unchanged");
+    u64 cr0 = read_cr0();
+    ok(faults(0, cr0 | 1ull << 32) && read_cr0() == cr0, "MOV to CR0 with bit 32 set: #GP(0), CR0 unchanged");
+    ok(faults(4, cr4) == 0 && read_cr4() == cr4, "MOV to CR4 of its own value: no fault");
+    puts(failures ? "FAIL\n" : "PASS\n");
+    puts("END\n");
+    return failures;
+}
