@@ -66,7 +66,9 @@ def nested_vmx_msrs(host: CpuModel) -> dict[int, int]:
     """Capability MSRs for L1."""
     m = host.msrs
     msrs = {k: v for k, v in m.items() if Msr.IA32_VMX_BASIC <= k <= Msr.IA32_VMX_VMFUNC}
-    basic = m[Msr.IA32_VMX_BASIC] & ~0x1FFF_FFFF_FFFF  # keep memory type and feature bits 48-63
+    # Memory type and feature bits 48-63 of the host, but no dual-monitor SMM treatment (bit 49): L0
+    # does not emulate IA32_SMM_MONITOR_CTL (KVM offers neither).
+    basic = m[Msr.IA32_VMX_BASIC] & ~0x1FFF_FFFF_FFFF & ~(1 << 49)
     msrs[Msr.IA32_VMX_BASIC] = basic | VMX_BASIC_TRUE_CTLS | VMX_BASIC_INOUT_INFO | VMCS12_SIZE << 32 | VMCS12_REVISION
     for plain, true, supported in _CONTROL_MSRS.values():
         # The TRUE MSR relaxes must-be-one bits but allows the same 1-settings (SDM A.3.1): the
@@ -78,8 +80,9 @@ def nested_vmx_msrs(host: CpuModel) -> dict[int, int]:
     msrs[Msr.IA32_VMX_EPT_VPID_CAP] = m[Msr.IA32_VMX_EPT_VPID_CAP] & NESTED_EPT_VPID
     # CR4 bits L1 may set in VMX operation: those its CPUID has features for (nested_vmx_cr_fixed1_bits_update).
     msrs[Msr.IA32_VMX_CR4_FIXED1] = m[Msr.IA32_VMX_CR4_FIXED1] & CR4_GUEST_VALID
-    # No activity states but active, no preemption timer; VMWRITE to exit fields allowed (KVM).
-    msrs[Msr.IA32_VMX_MISC] = (m[Msr.IA32_VMX_MISC] & 0x01FF_0000) | VMX_MISC_VMWRITE_ANY_FIELD
+    # No activity states but active, no preemption timer; VMWRITE to exit fields allowed (KVM); VM
+    # exits store EFER.LMA into "IA-32e mode guest" (bit 5) as the host's do (nested_vmx_vmexit does).
+    msrs[Msr.IA32_VMX_MISC] = (m[Msr.IA32_VMX_MISC] & (0x01FF_0000 | 1 << 5)) | VMX_MISC_VMWRITE_ANY_FIELD
     msrs.pop(Msr.IA32_VMX_VMFUNC, None)
     return msrs
 
