@@ -84,6 +84,17 @@ _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 # What the shadow-VMCS fast path reads from Unicorn, in one batch.
 _FAST_PATH_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_CR3, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS, *GPR_IDS)
 _CR0_TS = 1 << 3
+_K = iced_x86.OpKind
+_STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit address size (0, 1, 2)
+    _K.MEMORY_SEG_SI: 0,
+    _K.MEMORY_SEG_ESI: 1,
+    _K.MEMORY_SEG_RSI: 2,
+    _K.MEMORY_ESDI: 0,
+    _K.MEMORY_ESEDI: 1,
+    _K.MEMORY_ESRDI: 2,
+}
+_R = iced_x86.Register
+_SEGMENT_NUMBER = {_R.ES: Seg.ES, _R.CS: Seg.CS, _R.SS: Seg.SS, _R.DS: Seg.DS, _R.FS: Seg.FS, _R.GS: Seg.GS}
 _NO_INSTRUCTION = 0xFFFF_FFFF_FFFF_FFFF  # the instruction counter's "last" before the first one
 _MOV_SS_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
 _DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
@@ -586,9 +597,13 @@ class Engine:
         qualification = (size - 1) | int(is_in) << 3 | int(string) << 4 | int(ins.has_rep_prefix) << 5
         qualification |= int(immediate) << 6 | port << 16
         info = {}
-        if string:
-            info["guest_linear_address"] = s.gpr[7 if is_in else 6]
-            info["instruction_info"] = 2 << 7 | (0 if is_in else 3) << 15  # 64-bit address, ES or DS
+        if string:  # the memory operand: address size and segment (SDM Table 28-8), its linear address
+            address_size = _STRING_ADDRESS_SIZE[ins.op0_kind if is_in else ins.op1_kind]
+            segment = _SEGMENT_NUMBER[ins.memory_segment]
+            offset = s.gpr[7 if is_in else 6] & (1 << (16 << address_size)) - 1
+            base = s.segs[segment].base if segment >= Seg.FS or not s.in_64bit_mode else 0
+            info["guest_linear_address"] = (base + offset) & 0xFFFF_FFFF_FFFF_FFFF
+            info["instruction_info"] = address_size << 7 | segment << 15
         return self._exit(ExitReason.IO_INSTRUCTION, length=ins.len, qualification=qualification, **info)
 
     def _io_exits(self, port: int, size: int) -> bool:
