@@ -620,7 +620,7 @@ class Engine:
         s = self.cpu.state
         instr = self._decoded_at(s.cr3, rip, _decode_vmx64 if s.in_64bit_mode else _decode_vmx32)
         if instr is None:
-            return self._int1(rip) or self._exception(Vector.UD)
+            return self._unknown_to_unicorn(rip)
         s.interruptibility = self._blocking()  # VMLAUNCH/VMRESUME check it; their exits record it
         try:
             return self.cpu.execute(instr, self.guest_memory())
@@ -629,15 +629,22 @@ class Engine:
         except ept_mod.EptFault as fault:
             return self._ept_exit(fault, access=2, linear=None)
 
-    def _int1(self, rip: int) -> VmExit | None:
-        """INT1 (ICEBP, F1), which Unicorn 2.1.4 does not know: a #DB trap raised as a privileged
-        software exception (SDM Vol. 2A INT1; §26.2, §28.2.4)."""
+    def _unknown_to_unicorn(self, rip: int) -> VmExit | None:
+        """Instructions Unicorn 2.1.4 raises #UD for.  INT1 (ICEBP, F1): a #DB trap raised as a
+        privileged software exception (SDM Vol. 2A INT1; §26.2, §28.2.4).  RDPMC: an exit with RDPMC
+        exiting (§26.1.3), else #GP(0): the model has no performance-monitoring counters (CPUID
+        leaf 0AH reports none), so no ECX selects one.  Anything else: #UD."""
         s = self.cpu.state
         ins = self._decoded_at(s.cr3, rip, _decode_x86)
-        if ins is None or ins.mnemonic != _M.INT1:
-            return None
-        s.rip += ins.len
-        return self._raise(Event(Vector.DB, None, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION), ins.len)
+        mnemonic = ins.mnemonic if ins is not None and ins.code != iced_x86.Code.INVALID else None
+        if mnemonic == _M.INT1:
+            s.rip += ins.len
+            return self._raise(Event(Vector.DB, None, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION), ins.len)
+        if mnemonic == _M.RDPMC:
+            if self.cpu.current.fields[F.CPU_BASED_VM_EXEC_CONTROL] & P.RDPMC_EXITING:
+                return self._exit(ExitReason.RDPMC, length=ins.len)
+            return self._exception(Vector.GP, 0)
+        return self._exception(Vector.UD)
 
     # RDMSR/WRMSR and control-register accesses (SDM §26.1.3)
     def _special(self, rip: int) -> VmExit | None:

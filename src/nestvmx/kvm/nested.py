@@ -673,6 +673,7 @@ class NestedVmx:
         # L1's I/O bitmaps are read by L0; HLT is L0's to handle when L1 does not intercept it (a
         # halted L2 blocks its vCPU, KVM's kvm_emulate_halt).
         primary |= PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS | PrimaryCtls.HLT_EXITING
+        primary |= PrimaryCtls.RDPMC_EXITING  # L0 emulates RDPMC (no PMU) when L1 does not intercept it
         secondary = self._secondary12() & (SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID)
         secondary |= SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
         cr0_l0, cr4_l0 = v.cr0_host_owned, v.cr4_host_owned
@@ -839,6 +840,8 @@ class NestedVmx:
             return True
         if basic == ExitReason.HLT:
             return bool(primary & PrimaryCtls.HLT_EXITING)
+        if basic == ExitReason.RDPMC:
+            return bool(primary & PrimaryCtls.RDPMC_EXITING)
         if basic == ExitReason.IO_INSTRUCTION:
             return self._io_exit_wanted(v.vmread(F.EXIT_QUALIFICATION), primary)
         if basic in (ExitReason.RDMSR, ExitReason.WRMSR):

@@ -16,6 +16,7 @@ from nestvmx.kvm.vmcs12 import VMCS12_REVISION, VMCS12_SIZE
 NESTED_PIN = PinBased.EXT_INTR_EXITING | PinBased.NMI_EXITING
 NESTED_PRIMARY = (
     PrimaryCtls.HLT_EXITING
+    | PrimaryCtls.RDPMC_EXITING
     | PrimaryCtls.RDTSC_EXITING
     | PrimaryCtls.CR3_LOAD_EXITING
     | PrimaryCtls.CR3_STORE_EXITING

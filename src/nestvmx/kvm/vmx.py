@@ -151,6 +151,7 @@ class VmxVcpu:
             | PrimaryCtls.UNCOND_IO_EXITING
             | PrimaryCtls.MWAIT_EXITING
             | PrimaryCtls.MONITOR_EXITING
+            | PrimaryCtls.RDPMC_EXITING
             | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS,
         )
         secondary = self._controls(
@@ -498,6 +499,11 @@ class VmxVcpu:
         the scheduler runs this vCPU again."""
         return None
 
+    def handle_rdpmc(self) -> RunEnd | None:
+        """No virtual PMU (CPUID leaf 0AH reports none): every counter index is #GP(0), as KVM's
+        kvm_emulate_rdpmc without a vPMU."""
+        return self.queue_exception(Vector.GP, 0)
+
     def handle_vmcall(self) -> RunEnd | None:
         """KVM's hypercall ABI: no hypercall is implemented, so RAX = -KVM_ENOSYS."""
         self.regs[0] = -KVM_ENOSYS & 0xFFFF_FFFF_FFFF_FFFF
@@ -524,6 +530,7 @@ _EXIT_HANDLERS: dict[int, Callable[[VmxVcpu], RunEnd | None]] = {
     ExitReason.WRMSR: VmxVcpu.handle_wrmsr,
     ExitReason.CR_ACCESS: VmxVcpu.handle_cr,
     ExitReason.HLT: VmxVcpu.handle_hlt,
+    ExitReason.RDPMC: VmxVcpu.handle_rdpmc,
     ExitReason.VMCALL: VmxVcpu.handle_vmcall,
     ExitReason.EPT_VIOLATION: VmxVcpu.handle_ept_violation,
     ExitReason.VMXON: lambda v: v.nested.handle_vmxon(),
