@@ -106,6 +106,10 @@ int main(void) {
     gate(6, l2_handler);
     e = run(l2_nop, 0, 0xfff, VALID | 3 << 8 | 6, 0);
     ok(e.reason == 18 && e.rip == (u64)l2_handler, "injected #UD through an IDT in memory L2 never touched: its handler runs");
+    gate(1, l2_handler);
+    e = run(l2_int1, 0, 0xfff, 0, 0);
+    ok(e.reason == 18 && e.rip == (u64)l2_handler && *(u64 *)(l2_stack + sizeof(l2_stack) - 40) == (u64)l2_int1 + 1,
+       "INT1 not intercepted: delivered through the IDT, the return address past it");
     ok(l1_stop() == 0, "VMCLEAR and VMXOFF");
     puts(failures ? "FAIL\n" : "PASS\n");
     puts("END\n");
