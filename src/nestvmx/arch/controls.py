@@ -211,5 +211,15 @@ class InterruptionType(enum.IntEnum):
     OTHER_EVENT = 7
 
 
+# Events an instruction raises (INT n, INT1, INT3/INTO): RIP is past it when they are delivered,
+# and exits, injections and IDT-vectoring carry its length (SDM §27.6.1.1, §28.2.4).
+INSTRUCTION_EVENT_TYPES = frozenset(
+    {
+        InterruptionType.SOFTWARE_INTERRUPT,
+        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
+        InterruptionType.SOFTWARE_EXCEPTION,
+    }
+)
+
 INTR_INFO_VALID = 1 << 31
 INTR_INFO_DELIVER_ERROR_CODE = 1 << 11

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nestvmx.arch.controls import INTR_INFO_DELIVER_ERROR_CODE, INTR_INFO_VALID, InterruptionType
+from nestvmx.arch.controls import (
+    INSTRUCTION_EVENT_TYPES,
+    INTR_INFO_DELIVER_ERROR_CODE,
+    INTR_INFO_VALID,
+    InterruptionType,
+)
 from nestvmx.hw.exceptions import Vector, X86Exception, double_fault_class
 from nestvmx.hw.paging import LinearMemory
 from nestvmx.hw.state import RFLAGS_IF, RFLAGS_TF, CpuState, Seg, Segment
@@ -16,16 +21,6 @@ _RFLAGS_NT, _RFLAGS_RF, _RFLAGS_VM = 1 << 14, 1 << 16, 1 << 17
 
 class TripleFault(Exception):
     """An exception while delivering a double fault: the processor shuts down."""
-
-
-# Events that an instruction raises: RIP is past it when they are delivered (SDM §6.5, §28.2.4).
-_INSTRUCTION_EVENTS = frozenset(
-    {
-        InterruptionType.SOFTWARE_INTERRUPT,
-        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-        InterruptionType.SOFTWARE_EXCEPTION,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -42,7 +37,7 @@ class Event:
 
     @property
     def from_instruction(self) -> bool:
-        return self.kind in _INSTRUCTION_EVENTS
+        return self.kind in INSTRUCTION_EVENT_TYPES
 
     @property
     def info(self) -> int:

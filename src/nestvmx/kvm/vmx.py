@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nestvmx.arch.controls import (
+    INSTRUCTION_EVENT_TYPES,
     INTR_INFO_DELIVER_ERROR_CODE,
     INTR_INFO_VALID,
     ControlKind,
@@ -41,15 +42,6 @@ CONSOLE_PORT = 0xE9
 EXIT_PORT = 0xF4
 KVM_ENOSYS = 1000
 _HOST_RIP = 0xFFFF_FFFF_8100_0000  # where L0's VM-exit handler would be
-HARDWARE_EXCEPTION = InterruptionType.HARDWARE_EXCEPTION
-# Events an instruction raises: injected with the instruction length (SDM §27.6.1.1).
-_SOFTWARE_EVENT_TYPES = frozenset(
-    {
-        InterruptionType.SOFTWARE_INTERRUPT,
-        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-        InterruptionType.SOFTWARE_EXCEPTION,
-    }
-)
 # IA32_DEBUGCTL bits KVM drops on a write instead of #GP: LBR and BTF (vmx_set_msr, 6.x).
 _DEBUGCTL_IGNORED = 0b11
 # Bits L0 intercepts in CR0/CR4 writes: its own needs and every bit a write of which is #GP(0).
@@ -287,7 +279,7 @@ class VmxVcpu:
         self.requeued = None
         if vectoring & INTR_INFO_VALID:
             error_code = self.vmread(F.IDT_VECTORING_ERROR_CODE) if vectoring & INTR_INFO_DELIVER_ERROR_CODE else 0
-            software = (vectoring >> 8) & 7 in _SOFTWARE_EVENT_TYPES
+            software = (vectoring >> 8) & 7 in INSTRUCTION_EVENT_TYPES
             length = self.vmread(F.VM_EXIT_INSTRUCTION_LEN) if software else 0
             self.requeued = (vectoring & (INTR_INFO_VALID | 0xFFF), error_code, length)  # bit 12 is undefined here
 
@@ -296,7 +288,7 @@ class VmxVcpu:
         values = {F.VM_ENTRY_INTR_INFO_FIELD: info}
         if info & INTR_INFO_DELIVER_ERROR_CODE:
             values[F.VM_ENTRY_EXCEPTION_ERROR_CODE] = error_code
-        if (info >> 8) & 7 in _SOFTWARE_EVENT_TYPES:
+        if (info >> 8) & 7 in INSTRUCTION_EVENT_TYPES:
             values[F.VM_ENTRY_INSTRUCTION_LEN] = length
         self.vmwrite_many(values)
 
@@ -319,13 +311,17 @@ class VmxVcpu:
         may intercept it.  The platform has no IDT at entry: an exception before L1 loads one ends
         the run (L2's go through L2's IDT, or to L1)."""
         previous, self.requeued = self.requeued, None
-        if previous is not None and not self.nested.guest_mode and previous[0] >> 8 & 7 == HARDWARE_EXCEPTION:
+        if (
+            previous is not None
+            and not self.nested.guest_mode
+            and previous[0] >> 8 & 7 == InterruptionType.HARDWARE_EXCEPTION
+        ):
             # The exit interrupted the delivery of `previous` (KVM's kvm_multiple_exception).
             if previous[0] & 0xFF == Vector.DF:
                 return self.handle_triple_fault()
             if double_fault_class(previous[0] & 0xFF, vector):
                 vector, error_code = Vector.DF, 0
-        info = vector | HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
+        info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
         if error_code is not None:
             info |= INTR_INFO_DELIVER_ERROR_CODE
         if self.nested.guest_mode:
@@ -354,7 +350,7 @@ class VmxVcpu:
         if vector == Vector.PF:
             self.cr2 = self.vmread(F.EXIT_QUALIFICATION)
         kind = (info >> 8) & 7
-        if kind in _SOFTWARE_EVENT_TYPES:  # INT3, INT1: delivered again past the instruction
+        if kind in INSTRUCTION_EVENT_TYPES:  # INT3, INT1: delivered again past the instruction
             self.inject_event(info & ~(1 << 12), 0, self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
             return None
         return self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
