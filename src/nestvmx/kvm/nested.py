@@ -41,7 +41,7 @@ from nestvmx.hw.state import (
     canonical,
 )
 from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR
-from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit, load_cr0
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import ABORT_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
@@ -665,9 +665,10 @@ class NestedVmx:
         eptp12 = f[F.EPT_POINTER] if self._uses_ept12() else None
         if self.ept02 is None or self.ept02_source != eptp12:
             self._build_ept02(eptp12)
-        l1_efer, l1_pat, l1_dr7, l1_debugctl = v.vmread_many(
-            (F.GUEST_IA32_EFER, F.GUEST_IA32_PAT, F.GUEST_DR7, F.GUEST_IA32_DEBUGCTL)
+        l1_cr0, l1_efer, l1_pat, l1_dr7, l1_debugctl = v.vmread_many(
+            (F.CR0_READ_SHADOW, F.GUEST_IA32_EFER, F.GUEST_IA32_PAT, F.GUEST_DR7, F.GUEST_IA32_DEBUGCTL)
         )
+        l2_cr0 = load_cr0(l1_cr0, f[F.GUEST_CR0])  # CD, NW, ET stay L1's (§27.3.2.1)
         self.load_vmcs(self.vmcs02)
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
         # L1's I/O bitmaps are read by L0; HLT is L0's to handle when L1 does not intercept it (a
@@ -697,8 +698,7 @@ class NestedVmx:
             F.CR0_GUEST_HOST_MASK: f[F.CR0_GUEST_HOST_MASK] | cr0_l0,
             F.CR4_GUEST_HOST_MASK: f[F.CR4_GUEST_HOST_MASK] | cr4_l0,
             # Bits L1 owns read as L1's shadow; bits only L0 owns read as L2 wrote them.
-            F.CR0_READ_SHADOW: f[F.CR0_READ_SHADOW] & f[F.CR0_GUEST_HOST_MASK]
-            | f[F.GUEST_CR0] & ~f[F.CR0_GUEST_HOST_MASK],
+            F.CR0_READ_SHADOW: f[F.CR0_READ_SHADOW] & f[F.CR0_GUEST_HOST_MASK] | l2_cr0 & ~f[F.CR0_GUEST_HOST_MASK],
             F.CR4_READ_SHADOW: f[F.CR4_READ_SHADOW] & f[F.CR4_GUEST_HOST_MASK]
             | f[F.GUEST_CR4] & ~f[F.CR4_GUEST_HOST_MASK],
             F.VMCS_LINK_POINTER: INVALID_POINTER,
@@ -991,9 +991,11 @@ class NestedVmx:
         host64 = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
         code = 0xB | AR_S | AR_P | AR_G | (AR_L if host64 else AR_DB)
         data = 0x3 | AR_S | AR_P | AR_DB | AR_G
+        # CR0.ET/CD/NW and reserved bits stay as they were (§28.5.1; KVM loads HOST_CR0 whole).
+        cr0 = load_cr0(f[F.GUEST_CR0] if l2 else v.vmread(F.CR0_READ_SHADOW), f[F.HOST_CR0])
         values = {
-            F.GUEST_CR0: f[F.HOST_CR0] | v.cr0_fixed,
-            F.CR0_READ_SHADOW: f[F.HOST_CR0],
+            F.GUEST_CR0: cr0 | v.cr0_fixed,
+            F.CR0_READ_SHADOW: cr0,
             F.GUEST_CR4: f[F.HOST_CR4] | CR4_VMXE,
             F.CR4_READ_SHADOW: f[F.HOST_CR4],
             F.GUEST_CR3: f[F.HOST_CR3],

@@ -1,8 +1,9 @@
 /* What the VM-entry and VM-exit controls do with L2's MSR and debug state: the entry MSR-load
  * area loads into L2 (SDM §27.4), "load debug controls" = 0 keeps L1's DR7 for L2 (§27.3.2.1),
  * the exit saves PAT, EFER and DR7 into the VMCS only under "save IA32_PAT", "save IA32_EFER"
- * and "save debug controls" (§28.3.1), and without "load IA32_PAT" / "load IA32_EFER" L1 keeps
- * L2's PAT and EFER but LMA/LME (§28.5.1).  (TAP output.) */
+ * and "save debug controls" (§28.3.1), without "load IA32_PAT" / "load IA32_EFER" L1 keeps
+ * L2's PAT and EFER but LMA/LME (§28.5.1), and CR0.CD is loaded neither from the guest CR0 at
+ * entry (§27.3.2.1) nor from the host CR0 at exit.  (TAP output.) */
 #include "../l1.h"
 
 #include "../tap.h"
@@ -44,6 +45,7 @@ int main(void) {
     vmw(VM_ENTRY_CONTROLS, vmr(VM_ENTRY_CONTROLS) & ~4ull);  /* no "load debug controls" */
     vmw(GUEST_DR7, 0x400);
 
+    vmw(GUEST_CR0, vmr(GUEST_CR0) | 1ull << 30);  /* ignored: L2 keeps L1's CD = 0 */
     set_dr7(L1_DR7);
     u64 r = vmx_run(1, &g);
     ok(r == 0 && vmr(VM_EXIT_REASON) == 18, "L2 runs to its VMCALL");
@@ -56,6 +58,8 @@ int main(void) {
     u64 dr7;
     __asm__ volatile("mov %%dr7, %0" : "=r"(dr7));
     ok(dr7 == 0x400, "DR7 is 0x400 after the exit");
+    ok(!(vmr(GUEST_CR0) & 1ull << 30) && !(read_cr0() & 1ull << 30),
+       "CR0.CD of the guest field is not loaded: L2 ran with L1's, which the exit saves and keeps");
 
     wrmsr(MSR_EFER, efer | 1);
     wrmsr(MSR_PAT, L1_PAT);
