@@ -68,8 +68,8 @@ _SOFTWARE_EVENTS = {_M.INT: InterruptionType.SOFTWARE_INTERRUPT, _M.INT3: Interr
 _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
-# before them): code hooks stop the guest in front of each.
-_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, *_IO}
+# before them; LTR: wrongly, see _special): code hooks stop the guest in front of each.
+_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, *_IO}
 _MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
 _CR_NUMBER = {
     iced_x86.Register.CR0: 0,
@@ -658,6 +658,15 @@ class Engine:
             return self._io_instruction(ins)
         if ins.mnemonic in (_M.RDTSC, _M.RDTSCP):
             return self._rdtsc(ins, f)
+        if ins.mnemonic == _M.LTR:  # QEMU loads a null selector; the SDM makes it #GP(0) (LTR, Vol. 2A)
+            try:
+                null = self._operand_value(ins, 0) & 0xFFFC == 0
+            except X86Exception as exc:
+                return self._exception(exc.vector, exc.error_code, exc.address)
+            if null:
+                return self._exception(Vector.GP, 0)
+            self.skip_special = rip  # QEMU makes the other checks
+            return None
         if ins.mnemonic in (iced_x86.Mnemonic.RDMSR, iced_x86.Mnemonic.WRMSR):
             write = ins.mnemonic == iced_x86.Mnemonic.WRMSR
             if self._msr_exits(s.gpr[1] & 0xFFFF_FFFF, write):

@@ -1,6 +1,7 @@
-/* MOV to CR4 setting a bit whose feature CPUID does not report, or a reserved bit, and MOV to CR0
- * setting a bit of 63:32, raise #GP(0) and change nothing (SDM Vol. 2B MOV CR; Vol. 3A §2.5).
- * Bits whose features are reported are left alone (setting them has effects).  (TAP output.) */
+/* #GP(0) that changes nothing: MOV to CR4 setting a bit whose feature CPUID does not report, or a
+ * reserved bit, and MOV to CR0 setting a bit of 63:32 (SDM Vol. 2B MOV CR; Vol. 3A §2.5); LTR of a
+ * null selector (Vol. 2A LTR).  CR4 bits whose features are reported are left alone (setting them
+ * has effects).  (TAP output.) */
 #include <nestvmx.h>
 
 #include "../tap.h"
@@ -9,7 +10,7 @@ static u64 idt[512] __attribute__((aligned(16)));
 static volatile u64 gp_count, gp_error;
 extern char gp_handler[];
 
-/* #GP: record the error code, skip the 3-byte MOV to CR that faulted. */
+/* #GP: record the error code, skip the 3-byte instruction that faulted (MOV to CR, LTR AX). */
 __asm__(".text\n gp_handler: popq gp_error(%rip)\n addq $3, (%rsp)\n incq gp_count(%rip)\n iretq\n");
 
 static u32 cpuid_reg(u32 leaf, int reg) {
@@ -20,7 +21,9 @@ static u32 cpuid_reg(u32 leaf, int reg) {
 
 static int faults(int cr, u64 value) {
     u64 before = gp_count;
-    if (cr == 4)
+    if (cr == 'T')
+        __asm__ volatile("ltr %w0" : : "a"(value) : "memory");  /* 0f 00 d8: 3 bytes */
+    else if (cr == 4)
         __asm__ volatile("mov %0, %%cr4" : : "a"(value) : "memory");  /* 0f 22 e0: 3 bytes */
     else
         __asm__ volatile("mov %0, %%cr0" : : "a"(value) : "memory");  /* 0f 22 c0 */
@@ -59,6 +62,12 @@ int main(void) {
     u64 cr0 = read_cr0();
     ok(faults(0, cr0 | 1ull << 32) && read_cr0() == cr0, "MOV to CR0 with bit 32 set: #GP(0), CR0 unchanged");
     ok(faults(4, cr4) == 0 && read_cr4() == cr4, "MOV to CR4 of its own value: no fault");
+    u16 tr;
+    __asm__ volatile("str %0" : "=r"(tr));
+    ok(faults('T', 0) && faults('T', 3), "LTR of a null selector (RPL 0 or 3): #GP(0)");
+    u16 tr_after;
+    __asm__ volatile("str %0" : "=r"(tr_after));
+    ok(tr_after == tr, "TR unchanged");
     puts(failures ? "FAIL\n" : "PASS\n");
     puts("END\n");
     return failures;
