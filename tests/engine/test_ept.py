@@ -100,3 +100,16 @@ def test_guest_access_checks_ept_permissions(mem: PhysicalMemory) -> None:
     with pytest.raises(EptFault) as e:
         g.write(0x5010, b"x")
     assert not e.value.misconfig and e.value.perms == EPT_READ and e.value.gpa == 0x5010
+
+
+@pytest.mark.parametrize("efer_nxe, cr4_smep, id_flag", [(0, 0, 0), (1, 0, 1 << 4), (0, 1, 1 << 4)])
+def test_page_fault_error_code_reports_fetches_only_with_nx_or_smep(efer_nxe: int, cr4_smep: int, id_flag: int) -> None:
+    """SDM Vol. 3A §4.7: the I/D flag is set for an instruction fetch only with EFER.NXE or CR4.SMEP."""
+    m = PhysicalMemory(1 << 20)
+    m.write_u(0x1000, 8, 0x2000 | 3)  # PML4[0] -> PDPT; nothing below it is present
+    state = CpuState()
+    state.cr3, state.efer = 0x1000, state.efer | efer_nxe << 11
+    state.cr4 |= cr4_smep << 20
+    g = GuestMemory(haswell, m, state, None)
+    assert g.page_fault_error_code(0x5000, write=False, fetch=True) == id_flag
+    assert g.page_fault_error_code(0x5000, write=True, fetch=False) == 2

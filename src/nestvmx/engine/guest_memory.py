@@ -16,6 +16,7 @@ _P, _RW, _US, _PS, _NX = 1, 2, 4, 1 << 7, 1 << 63
 _ADDR = 0x000F_FFFF_FFFF_F000
 _CR0_WP = 1 << 16
 _EFER_NXE = 1 << 11
+_CR4_SMEP = 1 << 20
 
 
 class GuestMemory:
@@ -78,7 +79,12 @@ class GuestMemory:
         raise AssertionError("unreachable")
 
     def _page_fault(self, linear: int, write: bool, user: bool, fetch: bool, present: bool) -> None:
-        raise X86Exception(Vector.PF, int(present) | int(write) << 1 | int(user) << 2 | int(fetch) << 4, linear)
+        raise X86Exception(Vector.PF, int(present) | int(write) << 1 | int(user) << 2 | self._fetch_bit(fetch), linear)
+
+    def _fetch_bit(self, fetch: bool) -> int:
+        """The error code's I/D flag: an instruction fetch, reported only with IA32_EFER.NXE (in
+        4-level paging) or CR4.SMEP (SDM Vol. 3A §4.7)."""
+        return int(fetch and bool(self.state.efer & _EFER_NXE or self.state.cr4 & _CR4_SMEP)) << 4
 
     def page_fault_error_code(self, linear: int, write: bool, fetch: bool) -> int:
         """The #PF error code the processor reports for an access that faulted (SDM Vol. 3A §4.7)."""
@@ -88,7 +94,7 @@ class GuestMemory:
             return e.error_code or 0
         except EptFault:
             pass
-        return int(write) << 1 | int(self.state.cpl == 3) << 2 | int(fetch) << 4
+        return int(write) << 1 | int(self.state.cpl == 3) << 2 | self._fetch_bit(fetch)
 
     def _pieces(self, linear: int, size: int, write: bool, fetch: bool = False) -> list[tuple[int, int]]:
         pieces = []
