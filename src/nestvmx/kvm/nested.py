@@ -982,7 +982,8 @@ class NestedVmx:
 
     def load_vmcs12_host_state(self, l2: dict[int, int] | None = None) -> RunEnd | None:
         """Switch back to vmcs01 and give L1 the host state of vmcs12 (SDM §28.5, KVM's function).
-        `l2`: L2's last guest state (None: L2 did not run), where the exit keeps EFER and PAT."""
+        `l2`: L2's last guest state (None: L2 did not run), whose EFER, PAT and CR0.CD/NW/ET the exit
+        keeps (§28.5.1)."""
         v, f = self.vcpu, self.vmcs12.fields
         if v.cpu.current_vmcs != v.vmcs01:
             self.load_vmcs(v.vmcs01)
