@@ -59,7 +59,7 @@ from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
 from nestvmx.hw.instruction import VmxInstruction, VmxOp
 from nestvmx.hw.processor import LogicalProcessor
-from nestvmx.hw.state import CpuState, Seg, Segment
+from nestvmx.hw.state import RFLAGS_IF, CpuState, Seg, Segment
 from nestvmx.hw.vmexit import VmExit
 
 _M = iced_x86.Mnemonic
@@ -68,8 +68,9 @@ _SOFTWARE_EVENTS = {_M.INT: InterruptionType.SOFTWARE_INTERRUPT, _M.INT3: Interr
 _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
-# before them; LTR: wrongly, see _special): code hooks stop the guest in front of each.
-_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, *_IO}
+# before them; LTR: wrongly; STI: to see IF before it, see _special): code hooks stop the guest
+# in front of each.
+_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, _M.STI, *_IO}
 _MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
 _CR_NUMBER = {
     iced_x86.Register.CR0: 0,
@@ -243,6 +244,7 @@ class Engine:
         self.ctx: GuestContext | None = None
         self.stop: _Stop | None = None
         self.skip_special: int | None = None
+        self.sti_shadow: int | None = None  # the RIP after an STI of this entry that set IF
         self.cr2_before_run = 0
         cpu.on_invalidate = self._on_invalidate
 
@@ -274,6 +276,7 @@ class Engine:
         self._run_start = ctx.counter.count
         ctx.counter.limit = self._run_start + timer if timer else 0
         ctx.counter.last = ctx.counter.previous = _NO_INSTRUCTION  # what it sees start belongs to this entry
+        self.sti_shadow = None
         try:
             return self._run(ctx)
         finally:
@@ -460,8 +463,9 @@ class Engine:
         return False
 
     def _on_special(self, uc: Uc, address: int, size: int, _ud) -> None:
-        if self.skip_special == address:
+        if self.skip_special == address:  # run again after the stop in front of it: counted once
             self.skip_special = None
+            self.ctx.counter.count -= 1
             return
         self._halt("special", address)
 
@@ -568,16 +572,19 @@ class Engine:
         return self.cpu.vm_exit(VmExit(reason=reason, instruction_length=length, **info))
 
     def _blocking(self) -> int:
-        """Blocking by MOV SS where the guest stops (SDM Table 25-3): after a MOV to SS, for one
-        instruction; the blocking a VM entry loaded lasts until an instruction completes.
-        (Blocking by STI is not tracked: the engine does not see RFLAGS.IF before an STI.)"""
+        """Blocking by STI or MOV SS where the guest stops (SDM Table 25-3): for one instruction
+        after an STI that set IF or a MOV to SS; the blocking a VM entry loaded lasts until an
+        instruction completes."""
         s, counter = self.cpu.state, self.ctx.counter
         before = counter.previous if counter.last == s.rip else counter.last  # completed just before RIP
         if before == _NO_INSTRUCTION:
             return s.interruptibility
         ins = self._decoded_at(s.cr3, before, _decode_x86)
-        mov_ss = ins is not None and ins.code in _MOV_SS_CODES and ins.op0_register == iced_x86.Register.SS
-        return 2 if mov_ss and before + ins.len == s.rip else 0
+        if ins is None or before + ins.len != s.rip:
+            return 0
+        if ins.code in _MOV_SS_CODES and ins.op0_register == iced_x86.Register.SS:
+            return 2
+        return 1 if ins.mnemonic == _M.STI and self.sti_shadow == s.rip else 0
 
     # I/O (SDM §26.1.3 and Table 28-5)
     def _io_instruction(self, ins) -> VmExit | None:
@@ -658,6 +665,10 @@ class Engine:
             return self._io_instruction(ins)
         if ins.mnemonic in (_M.RDTSC, _M.RDTSCP):
             return self._rdtsc(ins, f)
+        if ins.mnemonic == _M.STI:  # seen before it runs: it blocks interrupts if it sets IF (Table 25-3)
+            self.sti_shadow = rip + ins.len if not s.rflags & RFLAGS_IF else None
+            self.skip_special = rip
+            return None
         if ins.mnemonic == _M.LTR:  # QEMU loads a null selector; the SDM makes it #GP(0) (LTR, Vol. 2A)
             try:
                 null = self._operand_value(ins, 0) & 0xFFFC == 0
