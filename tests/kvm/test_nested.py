@@ -12,9 +12,11 @@ from click.testing import CliRunner
 from nestvmx.api import Host
 from nestvmx.arch.fields import VMCS_FIELDS
 from nestvmx.arch.fields import Field as F
+from nestvmx.arch.msr import Msr
 from nestvmx.cli.main import main
 from nestvmx.guests.build import build_guest, build_minivisor
 from nestvmx.hw.cpu_models import get_cpu_model
+from nestvmx.kvm.cpuid import CR4_GUEST_VALID
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import VMCS12_OFFSETS, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
 
@@ -131,6 +133,17 @@ def test_nested_capabilities_offer_only_what_l0_emulates() -> None:
     assert not n.has_vmcs_shadowing and n.vmwrite_any_field  # MISC bit 29 as KVM offers it
     assert "VMREAD_BITMAP" not in {f.name for f in n.fields.values()}
     assert "EPT_POINTER" in {f.name for f in n.fields.values()}
+    host, m = get_cpu_model("haswell").msrs, n.msrs
+    assert not m[Msr.IA32_VMX_BASIC] >> 49 & 1  # no dual-monitor SMM: IA32_SMM_MONITOR_CTL is not emulated
+    assert m[Msr.IA32_VMX_MISC] >> 5 & 1 == host[Msr.IA32_VMX_MISC] >> 5 & 1 == 1  # exits store EFER.LMA
+    assert m[Msr.IA32_VMX_CR4_FIXED1] == host[Msr.IA32_VMX_CR4_FIXED1] & CR4_GUEST_VALID  # L1's CPUID features
+    for plain, true in (
+        (Msr.IA32_VMX_PINBASED_CTLS, Msr.IA32_VMX_TRUE_PINBASED_CTLS),
+        (Msr.IA32_VMX_PROCBASED_CTLS, Msr.IA32_VMX_TRUE_PROCBASED_CTLS),
+        (Msr.IA32_VMX_EXIT_CTLS, Msr.IA32_VMX_TRUE_EXIT_CTLS),
+        (Msr.IA32_VMX_ENTRY_CTLS, Msr.IA32_VMX_TRUE_ENTRY_CTLS),
+    ):
+        assert m[plain] >> 32 == m[true] >> 32  # the same allowed 1-settings (SDM A.3.1)
 
 
 @pytest.mark.parametrize("shadow_fields, exits", [("linux-4.10", 4), ("current", 3)])

@@ -68,8 +68,8 @@ _SOFTWARE_EVENTS = {_M.INT: InterruptionType.SOFTWARE_INTERRUPT, _M.INT3: Interr
 _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
-# before them; LTR: wrongly; STI: to see IF before it, see _special): code hooks stop the guest
-# in front of each.
+# before them; LTR: wrongly; STI and MOV to SS: to note the blocking they start, see _special):
+# code hooks stop the guest in front of each.
 _SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, _M.STI, *_IO}
 _MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
 _CR_NUMBER = {
@@ -97,7 +97,13 @@ _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit add
 _R = iced_x86.Register
 _SEGMENT_NUMBER = {_R.ES: Seg.ES, _R.CS: Seg.CS, _R.SS: Seg.SS, _R.DS: Seg.DS, _R.FS: Seg.FS, _R.GS: Seg.GS}
 _NO_INSTRUCTION = 0xFFFF_FFFF_FFFF_FFFF  # the instruction counter's "last" before the first one
-_MOV_SS_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
+
+
+def _mov_to_ss(ins: iced_x86.Instruction) -> bool:
+    return ins.code in _MOV_SREG_CODES and ins.op0_register == iced_x86.Register.SS
+
+
+_MOV_SREG_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
 _DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
 _CR4_TSD = 1 << 2
 
@@ -244,7 +250,8 @@ class Engine:
         self.ctx: GuestContext | None = None
         self.stop: _Stop | None = None
         self.skip_special: int | None = None
-        self.sti_shadow: int | None = None  # the RIP after an STI of this entry that set IF
+        # (address, interruptibility bit) of the last STI that set IF or MOV to SS of this entry.
+        self.blocking_by: tuple[int, int] | None = None
         self.cr2_before_run = 0
         cpu.on_invalidate = self._on_invalidate
 
@@ -276,7 +283,7 @@ class Engine:
         self._run_start = ctx.counter.count
         ctx.counter.limit = self._run_start + timer if timer else 0
         ctx.counter.last = ctx.counter.previous = _NO_INSTRUCTION  # what it sees start belongs to this entry
-        self.sti_shadow = None
+        self.blocking_by = None
         try:
             return self._run(ctx)
         finally:
@@ -494,7 +501,7 @@ class Engine:
         for ins in decoder:
             # An encoding the SDM makes #UD that QEMU may execute anyway (e.g. LOCK RDTSC): stop there too.
             undefined = ins.code == iced_x86.Code.INVALID and decoder.last_error == _INVALID_INSTRUCTION
-            if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES or undefined:
+            if ins.mnemonic in _SPECIAL or ins.code in _MOV_CR_CODES or _mov_to_ss(ins) or undefined:
                 if ins.ip not in ctx.hooked:
                     ctx.hook_special(ins.ip)
                     found = True
@@ -579,12 +586,7 @@ class Engine:
         before = counter.previous if counter.last == s.rip else counter.last  # completed just before RIP
         if before == _NO_INSTRUCTION:
             return s.interruptibility
-        ins = self._decoded_at(s.cr3, before, _decode_x86)
-        if ins is None or before + ins.len != s.rip:
-            return 0
-        if ins.code in _MOV_SS_CODES and ins.op0_register == iced_x86.Register.SS:
-            return 2
-        return 1 if ins.mnemonic == _M.STI and self.sti_shadow == s.rip else 0
+        return self.blocking_by[1] if self.blocking_by and self.blocking_by[0] == before else 0
 
     # I/O (SDM §26.1.3 and Table 28-5)
     def _io_instruction(self, ins) -> VmExit | None:
@@ -665,8 +667,8 @@ class Engine:
             return self._io_instruction(ins)
         if ins.mnemonic in (_M.RDTSC, _M.RDTSCP):
             return self._rdtsc(ins, f)
-        if ins.mnemonic == _M.STI:  # seen before it runs: it blocks interrupts if it sets IF (Table 25-3)
-            self.sti_shadow = rip + ins.len if not s.rflags & RFLAGS_IF else None
+        if ins.mnemonic == _M.STI or _mov_to_ss(ins):  # seen before they run: the blocking they start
+            self.blocking_by = (rip, 2) if _mov_to_ss(ins) else (rip, 1) if not s.rflags & RFLAGS_IF else None
             self.skip_special = rip
             return None
         if ins.mnemonic == _M.LTR:  # QEMU loads a null selector; the SDM makes it #GP(0) (LTR, Vol. 2A)

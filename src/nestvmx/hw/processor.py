@@ -453,10 +453,10 @@ class LogicalProcessor:
         if instr.op in (VmxOp.VMCLEAR, VmxOp.VMPTRLD, VmxOp.VMPTRST, VmxOp.INVEPT, VmxOp.INVVPID) and instr.mem is None:
             raise X86Exception(Vector.UD)
         if self.non_root:
+            if self.shadow_access(instr, memory):
+                return None
             if instr.op is not VmxOp.VMCALL:
                 self._ud_unless_vmx_capable_mode()
-            if instr.op in (VmxOp.VMREAD, VmxOp.VMWRITE) and not self._vmread_vmwrite_exits(instr):
-                return self._shadow_access(instr, memory)
             return self.vm_exit(
                 VmExit(
                     reason=instr.op.exit_reason,
@@ -521,7 +521,7 @@ class LogicalProcessor:
 
     def shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> bool:
         """Execute a VMREAD/VMWRITE of non-root operation if the shadow VMCS serves it (SDM §26.1.3):
-        True, as execute() would; False, with no effect, if it exits.  Raises as execute() does."""
+        True, as execute() does; False, with no effect, if it exits.  Raises as execute() does."""
         if not self.non_root or instr.op not in (VmxOp.VMREAD, VmxOp.VMWRITE) or self._vmread_vmwrite_exits(instr):
             return False
         self._ud_unless_vmx_capable_mode()

@@ -13,7 +13,6 @@ from typing import Any
 
 from nestvmx.arch.fields import FIELD_BY_NAME
 from nestvmx.arch.fields import Field as F
-from nestvmx.hw import vmentry
 from nestvmx.hw.vmcs import INVALID_POINTER
 from nestvmx.kvm.nested import GUEST_STATE_FIELDS
 from nestvmx.kvm.vm import Kvm
@@ -126,14 +125,11 @@ def _enter_guest_mode(vcpu: VmxVcpu) -> None:
     nested = vcpu.nested
     if nested.cached_vmcs12 is None or not nested.vmcs12.launched:
         raise MigrationError("nested state: guest mode without a launched current vmcs12")
-    f = nested.vmcs12.fields
-    failed = (
-        vmentry.check_controls(nested.model, f, nested.l1_memory)
-        or vmentry.check_host_state(nested.model, f, nested.l1_state())
-        or vmentry.check_guest_state(nested.model, f, nested.l1_memory, nested.current_vmptr)
+    failure = nested.entry_checks.first_failure(
+        nested.vmcs12.fields, nested.l1_memory, nested.current_vmptr, nested.l1_state()
     )
-    if failed:
-        raise MigrationError(f"nested state: the vmcs12 fails the VM-entry checks ({failed})")
+    if failure:
+        raise MigrationError(f"nested state: the vmcs12 fails the VM-entry checks ({failure[1]})")
     nested.prepare_vmcs02(launch=False)
 
 

@@ -542,9 +542,9 @@ class NestedVmx:
         return self._emulate(body)
 
     def _invalidation_type(self) -> int:
-        """INVEPT/INVVPID's register operand: 64 bits in 64-bit mode, else 32 (kvm_register_read)."""
+        """INVEPT/INVVPID's register operand: 64 bits in 64-bit mode (CS.L), else 32 (kvm_register_read)."""
         value = self._reg((self.vcpu.vmread(F.VMX_INSTRUCTION_INFO) >> 28) & 0xF)
-        return value if self.l1_state().in_64bit_mode else value & 0xFFFF_FFFF
+        return value if self.vcpu.vmread(F.GUEST_CS_AR_BYTES) & AR_L else value & 0xFFFF_FFFF
 
     def handle_invvpid(self) -> RunEnd | None:
         end = self._check_permission()
@@ -963,8 +963,9 @@ class NestedVmx:
         l2 = dict(zip(GUEST_STATE_FIELDS, values, strict=True))
         self.vmcs02_values.update(l2)
         exit_ctls = f[F.VM_EXIT_CONTROLS]
-        unsaved = {field for control, fields in _SAVED_UNDER if not exit_ctls & control for field in fields}
-        f.update((field, value) for field, value in l2.items() if field not in unsaved)
+        unsaved = {field: f[field] for control, fields in _SAVED_UNDER if not exit_ctls & control for field in fields}
+        f.update(l2)
+        f.update(unsaved)  # as L1 wrote them
         for cr, mask_f, shadow in (
             (F.GUEST_CR0, F.CR0_GUEST_HOST_MASK, cr0_shadow),
             (F.GUEST_CR4, F.CR4_GUEST_HOST_MASK, cr4_shadow),

@@ -19,14 +19,17 @@ static u32 cpuid_reg(u32 leaf, int reg) {
     return r[reg];
 }
 
-static int faults(int cr, u64 value) {
+enum instruction { MOV_CR0, MOV_CR4, LTR };
+
+/* Whether the instruction with this source raised #GP(0). */
+static int faults(enum instruction which, u64 value) {
     u64 before = gp_count;
-    if (cr == 'T')
-        __asm__ volatile("ltr %w0" : : "a"(value) : "memory");  /* 0f 00 d8: 3 bytes */
-    else if (cr == 4)
-        __asm__ volatile("mov %0, %%cr4" : : "a"(value) : "memory");  /* 0f 22 e0: 3 bytes */
+    if (which == MOV_CR0)
+        __asm__ volatile("mov %0, %%cr0" : : "a"(value) : "memory");  /* 0f 22 c0: 3 bytes */
+    else if (which == MOV_CR4)
+        __asm__ volatile("mov %0, %%cr4" : : "a"(value) : "memory");  /* 0f 22 e0 */
     else
-        __asm__ volatile("mov %0, %%cr0" : : "a"(value) : "memory");  /* 0f 22 c0 */
+        __asm__ volatile("ltr %w0" : : "a"(value) : "memory");  /* 0f 00 d8 */
     return gp_count == before + 1 && gp_error == 0;
 }
 
@@ -53,18 +56,18 @@ int main(void) {
     for (unsigned i = 0; i < sizeof(bits) / sizeof(bits[0]); i++) {
         if (bits[i].supported) continue;
         checked++;
-        if (!faults(4, cr4 | 1ull << bits[i].bit) || read_cr4() != cr4) {
+        if (!faults(MOV_CR4, cr4 | 1ull << bits[i].bit) || read_cr4() != cr4) {
             bad++;
             puts("# CR4 bit without #GP(0): "); puts(bits[i].name); putc('\n');
         }
     }
     ok(checked >= 4 && bad == 0, "MOV to CR4 of an unsupported or reserved bit: #GP(0), CR4 unchanged");
     u64 cr0 = read_cr0();
-    ok(faults(0, cr0 | 1ull << 32) && read_cr0() == cr0, "MOV to CR0 with bit 32 set: #GP(0), CR0 unchanged");
-    ok(faults(4, cr4) == 0 && read_cr4() == cr4, "MOV to CR4 of its own value: no fault");
+    ok(faults(MOV_CR0, cr0 | 1ull << 32) && read_cr0() == cr0, "MOV to CR0 with bit 32 set: #GP(0), CR0 unchanged");
+    ok(faults(MOV_CR4, cr4) == 0 && read_cr4() == cr4, "MOV to CR4 of its own value: no fault");
     u16 tr;
     __asm__ volatile("str %0" : "=r"(tr));
-    ok(faults('T', 0) && faults('T', 3), "LTR of a null selector (RPL 0 or 3): #GP(0)");
+    ok(faults(LTR, 0) && faults(LTR, 3), "LTR of a null selector (RPL 0 or 3): #GP(0)");
     u16 tr_after;
     __asm__ volatile("str %0" : "=r"(tr_after));
     ok(tr_after == tr, "TR unchanged");
