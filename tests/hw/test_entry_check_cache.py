@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from nestvmx.arch.controls import PrimaryCtls, SecondaryCtls
+from nestvmx.arch.fields import FIELD_BY_ENCODING, FieldType
 from nestvmx.arch.fields import Field as F
-from nestvmx.arch.fields import FieldType
 from nestvmx.hw import vmentry
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.processor import VM_SUCCEED
@@ -111,4 +111,4 @@ def test_checks_read_no_exit_information_field(model: CpuModel) -> None:
             f = _Recording(cpu.current.fields)
             vmentry.EntryChecks(model)._evaluate(f, cpu.memory, cpu.current_vmcs, cpu.state)
             read |= f.read
-    assert read and not [F(e).name for e in read if model.fields[e].type is FieldType.READ_ONLY]
+    assert read and not [FIELD_BY_ENCODING[e].name for e in read if model.fields[e].type is FieldType.READ_ONLY]

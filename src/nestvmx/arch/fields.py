@@ -355,10 +355,14 @@ def access_name(field: VmcsField, access: Access) -> str:
     return field.name + ("_HIGH" if access is Access.HIGH else "")
 
 
-# Field encodings by name, e.g. Field.GUEST_RIP == 0x681E (FULL access).
-Field = enum.IntEnum("Field", [(f.name, f.encoding) for f in VMCS_FIELDS])
+# Field encodings by name, e.g. Field.GUEST_RIP == 0x681E (FULL access): plain int attributes of a
+# namespace, not an enum, because Python 3.11's EnumType.__getattr__ makes each member access ~50 ns
+# slower and the per-exit path reads hundreds of them; a field's name is FIELD_BY_ENCODING[e].name.
+Field = type("Field", (), {f.name: f.encoding for f in VMCS_FIELDS})
 
 # The guest access-rights fields.  Some Intel CPUs drop their reserved bits on VMWRITE, keeping only
 # AR_BYTES_WRITABLE; KVM emulates the same for vmcs12 (Linux nested.c, handle_vmwrite).
-ACCESS_RIGHTS_FIELDS = frozenset(f for f in Field if f.name.startswith("GUEST_") and f.name.endswith("_AR_BYTES"))
+ACCESS_RIGHTS_FIELDS = frozenset(
+    f.encoding for f in VMCS_FIELDS if f.name.startswith("GUEST_") and f.name.endswith("_AR_BYTES")
+)
 AR_BYTES_WRITABLE = 0x1F0FF

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nestvmx.arch.fields import FIELD_BY_NAME
+from nestvmx.arch.fields import FIELD_BY_ENCODING, FIELD_BY_NAME
 from nestvmx.arch.fields import Field as F
 from nestvmx.hw.vmcs import INVALID_POINTER
 from nestvmx.kvm.nested import GUEST_STATE_FIELDS
@@ -41,13 +41,15 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
         elif nested.shadow_vmcs is not None and not nested.sync_shadow_vmcs:
             nested.copy_shadow_to_vmcs12()  # L1's exit-less VMWRITEs (the lost-VMWRITE bug otherwise)
         vmcs12_blob = nested.vmcs12.to_bytes()
-    events = {F(f).name: vcpu.vmread(f) for f in EVENT_FIELDS}  # of the current VMCS: vmcs02 in guest mode
+    events = {
+        FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in EVENT_FIELDS
+    }  # of the current VMCS: vmcs02 in guest mode
     # L2's state as vmcs02 holds it: vmcs12 lacks what the VM-entry MSR-load area or L0 put there and
     # what the exit controls do not save (KVM migrates it as the vCPU's registers and MSRs).
-    vmcs02 = {F(f).name: vcpu.vmread(f) for f in GUEST_STATE_FIELDS} if nested.guest_mode else None
+    vmcs02 = {FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in GUEST_STATE_FIELDS} if nested.guest_mode else None
     if nested.guest_mode:
         nested.load_vmcs(vcpu.vmcs01)
-    vmcs01 = {F(f).name: vcpu.vmread(f) for f in VMCS01_STATE_FIELDS}
+    vmcs01 = {FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in VMCS01_STATE_FIELDS}
     if nested.guest_mode:
         nested.load_vmcs(nested.vmcs02)
     state = {
@@ -134,7 +136,7 @@ def _enter_guest_mode(vcpu: VmxVcpu) -> None:
 
 
 def _write_fields(vcpu: VmxVcpu, values: Any, fields: tuple[int, ...], what: str) -> None:
-    if not isinstance(values, dict) or set(values) != {F(f).name for f in fields}:
+    if not isinstance(values, dict) or set(values) != {FIELD_BY_ENCODING[f].name for f in fields}:
         raise MigrationError(f"malformed vCPU state: {what} does not hold exactly the expected fields")
     for name, value in values.items():
         field = FIELD_BY_NAME[name]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
-from nestvmx.arch.fields import Access, FieldType
+from nestvmx.arch.fields import VMCS_FIELDS, Access, FieldType
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_CONTEXT, Msr
 from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_translate
@@ -52,10 +52,10 @@ if TYPE_CHECKING:
 
 # Guest-state fields copied from vmcs12 into vmcs02 on entry and back on a nested exit.
 GUEST_STATE_FIELDS = tuple(
-    f
-    for f in F
-    if (f >> 10) & 3 == 2
-    and f not in (F.VMCS_LINK_POINTER,)
+    f.encoding
+    for f in VMCS_FIELDS
+    if (f.encoding >> 10) & 3 == 2
+    and f.encoding != F.VMCS_LINK_POINTER
     and f.name not in ("GUEST_INTR_STATUS", "GUEST_PML_INDEX", "GUEST_UINV")
     and not f.name.startswith(
         (

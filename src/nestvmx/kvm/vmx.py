@@ -24,6 +24,7 @@ from nestvmx.arch.controls import (
     SecondaryCtls,
 )
 from nestvmx.arch.exit_reasons import ExitReason, exit_reason_name
+from nestvmx.arch.fields import FIELD_BY_ENCODING
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMXON_OUTSIDE_SMX, Msr
 from nestvmx.engine.engine import Engine, EngineError
@@ -104,20 +105,20 @@ class VmxVcpu:
     def vmread(self, field: int) -> int:
         status, value = self.cpu.vmread(field)
         if status != VM_SUCCEED:
-            raise L0Bug(f"VMREAD {F(field).name} failed")
+            raise L0Bug(f"VMREAD {FIELD_BY_ENCODING[field].name} failed")
         return value
 
     def vmread_many(self, fields: Sequence[int]) -> list[int]:
         """VMREADs of `fields`, back to back (the processor's batched form)."""
         status, values = self.cpu.vmread_many(fields)
         if status != VM_SUCCEED:
-            raise L0Bug(f"VMREAD {F(fields[len(values)]).name} failed")
+            raise L0Bug(f"VMREAD {FIELD_BY_ENCODING[fields[len(values)]].name} failed")
         return values
 
     def vmwrite_many(self, values: dict[int, int]) -> None:
         """VMWRITEs of `values` (field: value), back to back."""
         if self.cpu.vmwrite_many(values.items()) != VM_SUCCEED:
-            raise L0Bug(f"VMWRITE failed, one of {[F(f).name for f in values]}")
+            raise L0Bug(f"VMWRITE failed, one of {[FIELD_BY_ENCODING[f].name for f in values]}")
         if self.cpu.current_vmcs == self.nested.vmcs02:
             self.nested.vmcs02_values.update(values)
 
