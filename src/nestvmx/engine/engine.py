@@ -531,7 +531,8 @@ class Engine:
     # ------------------------------------------------------------ after a stop
 
     def _save_state(self) -> None:
-        save_from_unicorn(self.ctx.regs, self.cpu.state, self.guest_memory().read)
+        # The GDT is read only for a selector the guest reloaded: its guest memory is built then.
+        save_from_unicorn(self.ctx.regs, self.cpu.state, lambda address, size: self.guest_memory().read(address, size))
 
     def _after_stop(self) -> VmExit | None:
         stop, cpu = self.stop, self.cpu

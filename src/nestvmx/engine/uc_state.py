@@ -89,7 +89,8 @@ _MAX_WRITES = 64  # load_into_unicorn writes at most 47 registers
 
 
 class _ReadBuffer(ctypes.Structure):
-    """Values of _INT_READS and _MMR_READS, zeroed together before each batch read."""
+    """Values of _INT_READS and _MMR_READS.  Each slot only ever receives its own register, so the
+    bytes a read leaves alone (above a 2-byte selector, say) stay as zero as they were allocated."""
 
     _fields_ = (("ints", ctypes.c_uint64 * len(_INT_READS)), ("mmrs", UcRegMMR * len(_MMR_READS)))
 
@@ -124,14 +125,14 @@ class UnicornRegisters:
         self._w_addr = [_addresses(b) for b in (self._w_ints, self._w_mmrs, self._w_msrs)]
 
     def read_many(self, regs: tuple[int, ...]) -> list[int]:
-        """Integer registers with one batch call (also while the guest runs); not cached."""
+        """Integer registers with one batch call (also while the guest runs); not cached.  A buffer per
+        register tuple: each slot only ever receives its own register (see _ReadBuffer)."""
         batch = self._batches.get(regs)
         if batch is None:
             values = (ctypes.c_uint64 * len(regs))()
             ids = (ctypes.c_int * len(regs))(*regs)
             batch = self._batches[regs] = (ids, (ctypes.c_void_p * len(regs))(*_addresses(values)), values)
         ids, ptrs, values = batch
-        ctypes.memset(values, 0, ctypes.sizeof(values))  # segment selectors fill only 2 bytes
         status = _ucmod.uclib.uc_reg_read_batch(self.uc._uch, ids, ptrs, len(regs))
         if status != UC_ERR_OK:
             raise UcError(status)
@@ -145,7 +146,6 @@ class UnicornRegisters:
 
     def read_all(self) -> tuple[list[int], list[tuple[int, int, int, int]], list[int]]:
         """Values of _INT_READS, _MMR_READS (selector, base, limit, flags) and _MSR_READS, cached."""
-        ctypes.memset(ctypes.byref(self._read), 0, ctypes.sizeof(self._read))
         status = _ucmod.uclib.uc_reg_read_batch(self.uc._uch, self._read_ids, self._read_ptrs, len(self._read_ids))
         if status != UC_ERR_OK:
             raise UcError(status)

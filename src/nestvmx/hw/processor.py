@@ -68,6 +68,8 @@ from nestvmx.hw.vmexit import VmExit, load_host_state, save_guest_state, write_e
 VM_SUCCEED = 0
 VM_FAIL_INVALID = -1
 
+_VMREAD_VMWRITE = (VmxOp.VMREAD, VmxOp.VMWRITE)
+
 _INVEPT_TYPES = {1: EPT_CAP_INVEPT_SINGLE_CONTEXT, 2: EPT_CAP_INVEPT_ALL_CONTEXT}
 _INVVPID_TYPES = {
     0: VPID_CAP_INDIVIDUAL_ADDR,
@@ -520,38 +522,33 @@ class LogicalProcessor:
         )
 
     def shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> bool:
-        """Execute a VMREAD/VMWRITE of non-root operation if the shadow VMCS serves it (SDM §26.1.3):
-        True, as execute() does; False, with no effect, if it exits.  Raises as execute() does."""
-        if not self.non_root or instr.op not in (VmxOp.VMREAD, VmxOp.VMWRITE) or self._vmread_vmwrite_exits(instr):
+        """Execute a VMREAD/VMWRITE of non-root operation if the shadow VMCS serves it (SDM §26.1.3,
+        §26.10): True, as execute() does; False, with no effect, if it exits.  Raises as execute() does."""
+        if not self.non_root or instr.op not in _VMREAD_VMWRITE:
+            return False
+        s = self.state
+        f = self.active_vmcs[self.current_vmcs].fields
+        op64 = s.in_64bit_mode
+        if self._vmread_vmwrite_exits(f, instr.op, self._reg(instr.reg, op64)):
             return False
         self._ud_unless_vmx_capable_mode()
-        self._shadow_access(instr, memory)
-        return True
-
-    def _vmread_vmwrite_exits(self, instr: VmxInstruction) -> bool:
-        """SDM §26.1.3: exit unless shadowing is on, the encoding fits 15 bits and its bitmap bit is 0."""
-        f = self.current.fields
-        if not self._shadowing_enabled(f):
-            return True
-        encoding = self._reg(instr.reg, self.state.in_64bit_mode)
-        if encoding >> 15:
-            return True
-        bitmap = f[F.VMREAD_BITMAP if instr.op is VmxOp.VMREAD else F.VMWRITE_BITMAP]
-        return bool(self.memory.read_bus(bitmap + (encoding >> 3), 1) >> (encoding & 7) & 1)
-
-    def _shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> None:
-        """VMREAD/VMWRITE served from the VMCS the link pointer references (SDM §26.10)."""
-        s = self.state
         if s.cpl > 0:
             raise X86Exception(Vector.GP, 0)
-        link = self.current.fields[F.VMCS_LINK_POINTER]
+        link = f[F.VMCS_LINK_POINTER]
         shadow = self.active_vmcs.get(link) if link != INVALID_POINTER else None
-        op64 = s.in_64bit_mode
         if instr.op is VmxOp.VMREAD:
             self._vmread_instr(shadow, instr, memory, op64, shadow=True)
         else:
             self._vmwrite_instr(shadow, instr, memory, op64, shadow=True)
         s.rip += instr.length
+        return True
+
+    def _vmread_vmwrite_exits(self, f: dict[int, int], op: VmxOp, encoding: int) -> bool:
+        """SDM §26.1.3: exit unless shadowing is on, the encoding fits 15 bits and its bitmap bit is 0."""
+        if not self._shadowing_enabled(f) or encoding >> 15:
+            return True
+        bitmap = f[F.VMREAD_BITMAP if op is VmxOp.VMREAD else F.VMWRITE_BITMAP]
+        return bool(self.memory.read_bus(bitmap + (encoding >> 3), 1) >> (encoding & 7) & 1)
 
     def _vmread_instr(
         self, vmcs: VmcsData | None, instr: VmxInstruction, memory: LinearMemory, op64: bool, shadow: bool = False

@@ -213,8 +213,9 @@ class NestedVmx:
         """The read-write fields L1 may have changed without exits, back into vmcs12."""
         v, vmcs12 = self.vcpu, self.vmcs12
         self.load_vmcs(self.shadow_vmcs)
+        fields, full = self.model.fields, Access.FULL
         for field, value in zip(self.shadow_read_write, v.vmread_many(self.shadow_read_write), strict=True):
-            vmcs12.write(self.model.encodings[field][0], Access.FULL, value)  # the one write path
+            vmcs12.write(fields[field], full, value)  # the one write path
         self.load_vmcs(v.vmcs01)
         v.stats.copies_from_shadow += 1
         v.stats.fields_copied += len(self.shadow_read_write)
