@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nestvmx.api import Host
+from nestvmx.engine.engine import Engine
 from nestvmx.guests.build import build_guest, build_minivisor
 from nestvmx.guests.footprints import FOOTPRINTS
 from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS, SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS
@@ -106,15 +107,15 @@ def test_cpuid_costs_two_l0_exits_per_l2_exit_with_shadowing() -> None:
 
 
 # Property-based: random VMX instruction sequences behave identically with and without shadowing.
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _OPS = st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2**16), st.integers(0, 2**64 - 1)), min_size=1, max_size=40)
 _SCRIPT_ADDRESS = 0x800000
 
 
-def run_script(ops: list[tuple[int, int, int]], shadow: bool):
-    vm = Host("haswell", shadow_vmcs=shadow).create_vm()
+def run_script(ops: list[tuple[int, int, int]], shadow: bool, shadow_fields: str = "current"):
+    vm = Host("haswell", shadow_vmcs=shadow, shadow_fields=shadow_fields).create_vm()
     vm.load(build_guest([GUESTS / "vmx_script.c"]))
     blob = len(ops).to_bytes(8, "little") + b"".join(x.to_bytes(8, "little") for op in ops for x in op)
     vm.kvm.vcpus[0].memory.write(_SCRIPT_ADDRESS, blob)
@@ -138,3 +139,39 @@ def test_emulated_vmwrite_of_a_shadowed_read_only_field_updates_the_shadow() -> 
     (on, mem_on), (off, mem_off) = run_script(ops, True), run_script(ops, False)
     assert "4: op 5 flags 0x0000000000000000 value 0x00000000ffffffff" in off.console
     assert (on.console, mem_on) == (off.console, mem_off)
+
+
+def _without_native_shadow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave the C hook unarmed: every VMREAD/VMWRITE of L1 stops and goes through execute()."""
+    monkeypatch.setattr(Engine, "_arm_shadow_path", lambda self, ctx: None)
+
+
+def _observed(result, memory: bytes) -> tuple:
+    stats = {key: value for key, value in result.stats.items() if key != "wall_seconds"}
+    return result.outcome, result.status, result.console, result.message, memory, stats
+
+
+@pytest.mark.parametrize("elf", [*PROGRAMS, "mix"], ids=lambda p: getattr(p, "stem", p))
+def test_native_shadow_path_matches_the_processor_model(elf, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C hook serving shadowed VMREAD/VMWRITE (engine/native.c) gives what the processor
+    model's execute() gives: same outcome, memory and statistics, events and instruction counts."""
+    elf = build_minivisor("mix", 8) if elf == "mix" else build_guest([elf])
+    native = _observed(*run(elf, True))
+    _without_native_shadow_path(monkeypatch)
+    assert _observed(*run(elf, True)) == native
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_OPS)
+# VMXON, VMPTRLD, then GUEST_CS_AR_BYTES (read-write in 4.10's lists: reserved bits dropped),
+# GUEST_PHYSICAL_ADDRESS (read-only) in HIGH and FULL access, and GUEST_RIP, written and read back.
+@example([(0, 5, 0), (3, 0, 0), (6, 21, 2**32 - 1), (5, 21, 0), (6, 11, 0x1234), (5, 11, 0), (5, 10, 0)])
+@example([(0, 5, 0), (3, 0, 0), (6, 0, 0xDEAD_BEEF_0000_F00D), (5, 0, 0)])
+def test_native_shadow_path_matches_on_random_vmx_sequences(ops: list[tuple[int, int, int]]) -> None:
+    """Random encodings and values under both shadow field lists: unsupported components,
+    read-only fields, HIGH accesses, access-rights bytes."""
+    for shadow_fields in SHADOW_FIELD_LISTS:
+        native = _observed(*run_script(ops, True, shadow_fields))
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            _without_native_shadow_path(monkeypatch)
+            assert _observed(*run_script(ops, True, shadow_fields)) == native

@@ -45,7 +45,7 @@ from nestvmx.arch.msr import Msr
 from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver, escalate
 from nestvmx.engine.guest_memory import GuestMemory
-from nestvmx.engine.native import InstructionCounter, counter_library
+from nestvmx.engine.native import InstructionCounter, ShadowPath, native_library
 from nestvmx.engine.uc_state import (
     GPR_IDS,
     SEGMENT_IDS,
@@ -57,7 +57,7 @@ from nestvmx.engine.uc_state import (
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
-from nestvmx.hw.instruction import VmxInstruction, VmxOp
+from nestvmx.hw.instruction import VmxInstruction
 from nestvmx.hw.processor import LogicalProcessor
 from nestvmx.hw.state import RFLAGS_IF, CpuState, Seg, Segment
 from nestvmx.hw.vmexit import VmExit
@@ -83,7 +83,6 @@ _INVALID_INSTRUCTION = iced_x86.DecoderError.INVALID_INSTRUCTION
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
 # What the shadow-VMCS fast path reads from Unicorn, in one batch.
-_FAST_PATH_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_CR3, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS, *GPR_IDS)
 _CR0_TS = 1 << 3
 _K = iced_x86.OpKind
 _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit address size (0, 1, 2)
@@ -162,6 +161,24 @@ class _Stop:
     data: dict = field(default_factory=dict)
 
 
+def _shadow_path(engine: Engine) -> ShadowPath:
+    """The C hook's fixed data; nothing is served until the engine arms it for a run."""
+    uc = _ucmod.uclib
+    return ShadowPath(
+        reg_read_batch=ctypes.cast(uc.uc_reg_read_batch, ctypes.c_void_p),
+        reg_write=ctypes.cast(uc.uc_reg_write, ctypes.c_void_p),
+        vmem_read=ctypes.cast(uc.uc_vmem_read, ctypes.c_void_p),
+        state_ids=(ctypes.c_int * 4)(X.UC_X86_REG_RIP, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS),
+        gpr_ids=(ctypes.c_int * 16)(*GPR_IDS),
+        fields=None,
+        access=engine.cpu.model.vmcs_access,
+        events=engine.cpu.events,
+        vmread_event="shadow_vmread",
+        vmwrite_event="shadow_vmwrite",
+        stop=engine._on_invalid,
+    )
+
+
 class GuestContext:
     """One Unicorn instance per guest-physical address space (EPT pointer, or none)."""
 
@@ -177,6 +194,7 @@ class GuestContext:
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.decoded: dict = {}  # (CR3, RIP, decoder) -> (host address, bytes, instruction) (see _decoded_at)
         self.counter = InstructionCounter(stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
+        self.shadow_path = _shadow_path(engine)
         self.reset_exception_state = _ExceptionStateReset(self.uc)
         self._map_memory()
         self._add_hooks()
@@ -193,25 +211,28 @@ class GuestContext:
     def _add_hooks(self) -> None:
         uc, e = self.uc, self.engine
         uc.hook_add(UC.UC_HOOK_INSN, e._on_unscanned_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        uc.hook_add(UC.UC_HOOK_INSN_INVALID, e._on_invalid)
         uc.hook_add(UC.UC_HOOK_INTR, e._on_interrupt)
         uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED | UC.UC_HOOK_MEM_PROT, e._on_memory_fault)
         uc.hook_add(UC.UC_HOOK_EDGE_GENERATED, e._on_new_block)
-        # Instruction counting with a C callback (see native.py).
-        lib = counter_library()
-        fn = ctypes.cast(lib.nestvmx_count_insn, ctypes.c_void_p)
+        # C callbacks (native.c): instruction counting, and shadowed VMREAD/VMWRITE in the invalid-
+        # instruction hook (Unicorn does not know the VMX instructions).
+        lib = native_library()
+        self._add_native_hook(UC.UC_HOOK_CODE, lib.nestvmx_count_insn, self.counter)
+        self._add_native_hook(UC.UC_HOOK_INSN_INVALID, lib.nestvmx_shadow_vmx, self.shadow_path)
+
+    def _add_native_hook(self, kind: int, fn, data: ctypes.Structure) -> None:
         handle = ctypes.c_size_t()
         rc = _ucmod.uclib.uc_hook_add(
-            uc._uch,
+            self.uc._uch,
             ctypes.byref(handle),
-            UC.UC_HOOK_CODE,
-            fn,
-            ctypes.cast(ctypes.pointer(self.counter), ctypes.c_void_p),
+            kind,
+            ctypes.cast(fn, ctypes.c_void_p),
+            ctypes.cast(ctypes.pointer(data), ctypes.c_void_p),
             ctypes.c_uint64(1),
             ctypes.c_uint64(0),
         )
         if rc:
-            raise EngineError(f"cannot install the instruction counter (unicorn error {rc})")
+            raise EngineError(f"cannot install a native Unicorn hook (unicorn error {rc})")
 
     def map_page(self, gpa: int) -> None:
         """Map (or re-protect) the 4 KiB guest-physical page at `gpa` as EPT now translates it."""
@@ -325,6 +346,7 @@ class Engine:
             self._drop_stale_translations(ctx)
             self.stop = None
             self.cr2_before_run = cpu.state.cr2
+            self._arm_shadow_path(ctx)
             if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
                 ctx.scanned.add(cpu.state.rip)
                 self._scan(cpu.state.rip)
@@ -403,38 +425,25 @@ class Engine:
         # Every CPUID is caught by a code hook before it executes; reaching here is a model bug.
         raise EngineError(f"CPUID at {uc.reg_read(X.UC_X86_REG_RIP):#x} escaped interception")
 
-    def _on_invalid(self, uc: Uc, _ud) -> bool:
-        values = self.ctx.regs.read_many(_FAST_PATH_REGS)
-        if not self._shadow_fast_path(values):
-            self._halt("invalid", values[0])
-        return True
+    def _on_invalid(self) -> None:
+        """An instruction Unicorn does not know that the C hook did not serve: stop in front of it."""
+        if self.stop is None:
+            self._halt("invalid", self.ctx.uc.reg_read(X.UC_X86_REG_RIP))
 
-    def _shadow_fast_path(self, values: list[int]) -> bool:
-        """Serve a register-form VMREAD/VMWRITE from the shadow VMCS without stopping the guest: the
-        processor model does the access on the few registers it involves (the usual path saves and
-        reloads the whole state).  Anything else (memory operands, exits, faults) takes that path.
-        `values`: the registers of _FAST_PATH_REGS."""
-        rip, cr3, cs, ss, rflags = values[:5]
-        gprs = values[5:]
-        s = self.cpu.state
-        if cs != s.segs[Seg.CS].selector or ss != s.segs[Seg.SS].selector:
-            return False  # the mode or CPL may have changed since the state was saved
-        instr = self._decoded_at(cr3, rip)
-        if instr is None or instr.op not in (VmxOp.VMREAD, VmxOp.VMWRITE) or instr.mem is not None:
-            return False
-        s.gpr[instr.reg], s.gpr[instr.rm_reg] = gprs[instr.reg], gprs[instr.rm_reg]
-        s.rflags, s.rip = rflags, rip
-        try:
-            if not self.cpu.shadow_access(instr, None):
-                return False
-        except X86Exception:
-            return False
-        regs = self.ctx.regs
-        if instr.op is VmxOp.VMREAD:
-            regs.put(GPR_IDS[instr.rm_reg], s.gpr[instr.rm_reg])
-        regs.put(X.UC_X86_REG_RFLAGS, s.rflags)
-        regs.put(X.UC_X86_REG_RIP, s.rip)
-        return True
+    def _arm_shadow_path(self, ctx: GuestContext) -> None:
+        """Let the C hook serve shadowed VMREAD/VMWRITE in this run as the processor would (native.c)."""
+        p, cpu = ctx.shadow_path, self.cpu
+        in_use = cpu.shadow_vmcs_in_use()
+        p.fields = None
+        if in_use is None:
+            return
+        shadow, read_bitmap, write_bitmap = in_use
+        s, memory = cpu.state, cpu.memory
+        p.vmread_bitmap = self.host_ptr + read_bitmap if memory.contains(read_bitmap, 0x1000) else None
+        p.vmwrite_bitmap = self.host_ptr + write_bitmap if memory.contains(write_bitmap, 0x1000) else None
+        p.cs, p.ss = s.segs[Seg.CS].selector, s.segs[Seg.SS].selector
+        p.op64, p.vmwrite_any_field = s.in_64bit_mode, cpu.model.vmwrite_any_field
+        p.fields = shadow.fields
 
     def _decoded_at(self, cr3: int, rip: int, decode: Decoder = _decode_vmx64):
         """The instruction at RIP as `decode` reads it, from a cache checked against the bytes in

@@ -105,9 +105,6 @@ class UnicornRegisters:
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
         self.known: dict[object, object] = {}
-        self._buffer = ctypes.c_uint64()
-        self._buffer_ref = ctypes.byref(self._buffer)
-        self._batches: dict[tuple[int, ...], tuple[ctypes.Array, ctypes.Array, ctypes.Array]] = {}
         # Batch read: ids and value pointers fixed; MSR reads need rid set, which Unicorn keeps.
         self._read = _ReadBuffer()
         self._msrs = (UcRegMSR * len(_MSR_READS))(*((index, 0) for index in _MSR_READS))
@@ -123,26 +120,6 @@ class UnicornRegisters:
         self._w_mmrs = (UcRegMMR * _MAX_WRITES)()
         self._w_msrs = (UcRegMSR * _MAX_WRITES)()
         self._w_addr = [_addresses(b) for b in (self._w_ints, self._w_mmrs, self._w_msrs)]
-
-    def read_many(self, regs: tuple[int, ...]) -> list[int]:
-        """Integer registers with one batch call (also while the guest runs); not cached.  A buffer per
-        register tuple: each slot only ever receives its own register (see _ReadBuffer)."""
-        batch = self._batches.get(regs)
-        if batch is None:
-            values = (ctypes.c_uint64 * len(regs))()
-            ids = (ctypes.c_int * len(regs))(*regs)
-            batch = self._batches[regs] = (ids, (ctypes.c_void_p * len(regs))(*_addresses(values)), values)
-        ids, ptrs, values = batch
-        status = _ucmod.uclib.uc_reg_read_batch(self.uc._uch, ids, ptrs, len(regs))
-        if status != UC_ERR_OK:
-            raise UcError(status)
-        return values[:]
-
-    def put(self, reg: int, value: int) -> None:
-        """Write an integer register while the guest runs (the cache may be stale, so always write)."""
-        self._buffer.value = value & 0xFFFF_FFFF_FFFF_FFFF
-        _ucmod.uclib.uc_reg_write(self.uc._uch, reg, self._buffer_ref)
-        self.known[reg] = value
 
     def read_all(self) -> tuple[list[int], list[tuple[int, int, int, int]], list[int]]:
         """Values of _INT_READS, _MMR_READS (selector, base, limit, flags) and _MSR_READS, cached."""

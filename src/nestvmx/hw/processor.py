@@ -543,6 +543,23 @@ class LogicalProcessor:
         s.rip += instr.length
         return True
 
+    def shadow_vmcs_in_use(self) -> tuple[VmcsData, int, int] | None:
+        """For an engine serving non-root VMREAD/VMWRITE without calling execute(): the shadow VMCS
+        and the VMREAD and VMWRITE bitmap addresses, while the current VMCS has shadowing on with an
+        active shadow VMCS, CPL is 0 and the mode allows VMX instructions; else None."""
+        if not self.non_root:
+            return None
+        f = self.active_vmcs[self.current_vmcs].fields
+        link = f[F.VMCS_LINK_POINTER]
+        shadow = self.active_vmcs.get(link) if link != INVALID_POINTER else None
+        if shadow is None or not self._shadowing_enabled(f) or self.state.cpl > 0:
+            return None
+        try:
+            self._ud_unless_vmx_capable_mode()
+        except X86Exception:
+            return None
+        return shadow, f[F.VMREAD_BITMAP], f[F.VMWRITE_BITMAP]
+
     def _vmread_vmwrite_exits(self, f: dict[int, int], op: VmxOp, encoding: int) -> bool:
         """SDM §26.1.3: exit unless shadowing is on, the encoding fits 15 bits and its bitmap bit is 0."""
         if not self._shadowing_enabled(f) or encoding >> 15:
