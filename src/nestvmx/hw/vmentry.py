@@ -8,6 +8,8 @@ rule so that tests/hw/test_vmentry_checks.py can list and exercise them.
 
 from __future__ import annotations
 
+import operator
+
 from nestvmx.arch.controls import (
     INTR_INFO_DELIVER_ERROR_CODE,
     INTR_INFO_VALID,
@@ -463,10 +465,13 @@ class EntryChecks:
 
     SIZE = 64  # results kept (oldest dropped): memory stays flat whatever the guest does
 
-    def __init__(self, model: CpuModel) -> None:
+    def __init__(self, model: CpuModel, catalogue: bool = False) -> None:
+        """`catalogue`: the VMCSs checked hold every field of the catalogue (a vmcs12 read from memory)
+        rather than exactly the model's (a VMCS of this processor)."""
         self.model = model
-        # Every field of the catalogue, not only the model's: a vmcs12 read from memory may hold others.
-        self.fields = tuple(field.encoding for field in VMCS_FIELDS if field.type is not FieldType.READ_ONLY)
+        fields = VMCS_FIELDS if catalogue else model.fields.values()
+        self.fields = tuple(field.encoding for field in fields if field.type is not FieldType.READ_ONLY)
+        self._key_values = operator.itemgetter(*self.fields)  # every one is there (see `catalogue`)
         self.results: dict[tuple, tuple[str, object] | None] = {}
 
     def first_failure(
@@ -477,7 +482,7 @@ class EntryChecks:
             return self._evaluate(f, memory, current_vmcs, root)
         link = f.get(F.VMCS_LINK_POINTER, INVALID_POINTER)
         linked = read_revision(memory, link) if link != INVALID_POINTER and _addr_ok(self.model, link) else None
-        key = (tuple(map(f.get, self.fields)), current_vmcs, root.efer & EFER_LMA, linked)
+        key = (self._key_values(f), current_vmcs, root.efer & EFER_LMA, linked)
         if key in self.results:
             return self.results[key]
         if len(self.results) >= self.SIZE:

@@ -133,7 +133,9 @@ class NestedVmx:
     def __init__(self, vcpu: VmxVcpu) -> None:
         self.vcpu = vcpu
         self.model = nested_model(vcpu.model)  # the processor L1 sees
-        self.entry_checks = vmentry.EntryChecks(self.model)  # L0's checks of vmcs12 (nested_vmx_check_*)
+        self.entry_checks = vmentry.EntryChecks(
+            self.model, catalogue=True
+        )  # L0's checks of vmcs12 (nested_vmx_check_*)
         self.exit_info_fields = [f for f in EXIT_INFO_FIELDS if f in vcpu.model.fields]  # those vmcs02 has
         self.l1_memory = vcpu.memory.window(vcpu.guest_size)
         self.vmxon = False
