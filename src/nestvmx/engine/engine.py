@@ -82,7 +82,6 @@ _CR_NUMBER = {
 _INVALID_INSTRUCTION = iced_x86.DecoderError.INVALID_INSTRUCTION
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
-# What the shadow-VMCS fast path reads from Unicorn, in one batch.
 _CR0_TS = 1 << 3
 _K = iced_x86.OpKind
 _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit address size (0, 1, 2)
@@ -171,8 +170,6 @@ def _shadow_path(engine: Engine) -> ShadowPath:
         state_ids=(ctypes.c_int * 4)(X.UC_X86_REG_RIP, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS),
         gpr_ids=(ctypes.c_int * 16)(*GPR_IDS),
         fields=None,
-        access=engine.cpu.model.vmcs_access,
-        events=engine.cpu.events,
         vmread_event="shadow_vmread",
         vmwrite_event="shadow_vmwrite",
         stop=engine._on_invalid,
@@ -443,6 +440,7 @@ class Engine:
         p.vmwrite_bitmap = self.host_ptr + write_bitmap if memory.contains(write_bitmap, 0x1000) else None
         p.cs, p.ss = s.segs[Seg.CS].selector, s.segs[Seg.SS].selector
         p.op64, p.vmwrite_any_field = s.in_64bit_mode, cpu.model.vmwrite_any_field
+        p.access, p.events = cpu.model.vmcs_access, cpu.events
         p.fields = shadow.fields
 
     def _decoded_at(self, cr3: int, rip: int, decode: Decoder = _decode_vmx64):

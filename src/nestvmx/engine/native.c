@@ -35,7 +35,7 @@ struct shadow_path {
     int (*vmem_read)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
     int state_ids[N_STATE];
     int gpr_ids[16];
-    /* Armed by the engine before each run from the processor model; fields NULL: nothing served. */
+    /* Armed by the engine before each run from the processor model; fields None: nothing served. */
     PyObject *fields;                    /* the shadow VMCS: FULL encoding -> value */
     PyObject *access;                    /* encoding -> (FULL encoding, HIGH access, VMWRITE mask, read-only) */
     PyObject *events;                    /* the processor's hardware events */
@@ -63,7 +63,7 @@ static bool serve(void *uc, struct shadow_path *p)
 {
     uint64_t st[N_STATE] = {0}; /* selectors fill 2 bytes */
     void *st_ptrs[N_STATE] = {&st[0], &st[1], &st[2], &st[3]};
-    if (!p->fields || p->reg_read_batch(uc, p->state_ids, st_ptrs, N_STATE))
+    if (!p->fields || !PyDict_Check(p->fields) || p->reg_read_batch(uc, p->state_ids, st_ptrs, N_STATE))
         return false;
     uint64_t rip = st[STATE_RIP], rflags = st[STATE_RFLAGS];
     if (st[STATE_CS] != p->cs || st[STATE_SS] != p->ss || rflags & RFLAGS_VM)
