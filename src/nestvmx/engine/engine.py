@@ -59,7 +59,7 @@ from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
 from nestvmx.hw.instruction import VmxInstruction
 from nestvmx.hw.processor import LogicalProcessor
-from nestvmx.hw.state import RFLAGS_IF, CpuState, Seg, Segment
+from nestvmx.hw.state import CR0_PE, RFLAGS_IF, RFLAGS_VM, CpuState, Seg, Segment, canonical
 from nestvmx.hw.vmexit import VmExit
 
 _M = iced_x86.Mnemonic
@@ -70,7 +70,9 @@ _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.O
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
 # before them; LTR: wrongly; STI and MOV to SS: to note the blocking they start, see _special):
 # code hooks stop the guest in front of each.
-_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, _M.STI, *_IO}
+_SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, _M.LGDT, _M.LIDT, _M.STI, *_IO}
+# Instructions of the special ones that are #GP(0) at CPL > 0 (with MOV to/from CR; SDM Vol. 2).
+_CPL0_ONLY = {_M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.LTR, _M.LGDT, _M.LIDT}
 _MOV_CR_CODES = {iced_x86.Code.MOV_R64_CR, iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_R32_CR, iced_x86.Code.MOV_CR_R32}
 _CR_NUMBER = {
     iced_x86.Register.CR0: 0,
@@ -82,6 +84,7 @@ _CR_NUMBER = {
 _INVALID_INSTRUCTION = iced_x86.DecoderError.INVALID_INSTRUCTION
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
+_FS_GS = (iced_x86.Register.FS, iced_x86.Register.GS)
 _CR0_TS = 1 << 3
 _K = iced_x86.OpKind
 _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit address size (0, 1, 2)
@@ -104,6 +107,7 @@ def _mov_to_ss(ins: iced_x86.Instruction) -> bool:
 _MOV_SREG_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
 _DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
 _CR4_TSD = 1 << 2
+_CR4_PCE = 1 << 8
 
 
 # Unicorn never delivers exceptions, so QEMU's record of the exception in progress is never
@@ -566,6 +570,8 @@ class Engine:
         last = self._decoded_at(s.cr3, counter.last, _decode_x86)  # the instruction executed last
         if last is not None and last.mnemonic == _M.HLT and counter.last + last.len == s.rip:  # prefixes too
             s.rip = counter.last
+            if s.cpl > 0:  # Unicorn halts at any CPL; HLT is privileged, and the fault comes first (§26.1.1)
+                return self._exception(Vector.GP, 0)
             if f[F.CPU_BASED_VM_EXEC_CONTROL] & P.HLT_EXITING:
                 return self._exit(ExitReason.HLT, length=last.len)
             raise EngineError(f"guest halted at RIP {s.rip:#x} with HLT exiting off: nothing can wake it")
@@ -608,6 +614,8 @@ class Engine:
         else:
             data_reg = ins.op0_register if is_in else ins.op1_register
             size = {iced_x86.Register.AL: 1, iced_x86.Register.AX: 2, iced_x86.Register.EAX: 4}[data_reg]
+        if not self._io_permitted(port, size):  # checked before the VM exit (SDM §26.1.1)
+            return self._exception(Vector.GP, 0)
         if not self._io_exits(port, size):
             self.skip_special = ins.ip  # not intercepted: Unicorn executes it (no device answers)
             return None
@@ -622,6 +630,23 @@ class Engine:
             info["guest_linear_address"] = (base + offset) & 0xFFFF_FFFF_FFFF_FFFF
             info["instruction_info"] = address_size << 7 | segment << 15
         return self._exit(ExitReason.IO_INSTRUCTION, length=ins.len, qualification=qualification, **info)
+
+    def _io_permitted(self, port: int, size: int) -> bool:
+        """Protected-mode I/O permission (SDM Vol. 1 §19.5): with CPL > IOPL, or in virtual-8086
+        mode, every port accessed needs its bit clear in the TSS's I/O permission bitmap, whose 2
+        bytes read must lie within TR's limit."""
+        s = self.cpu.state
+        if not s.cr0 & CR0_PE or (s.cpl <= (s.rflags >> 12) & 3 and not s.rflags & RFLAGS_VM):
+            return True
+        tr = s.segs[Seg.TR]
+        if tr.limit < 0x67:
+            return False
+        memory = self.guest_memory()
+        offset = int.from_bytes(memory.read(tr.base + 0x66, 2), "little") + port // 8
+        if offset + 1 > tr.limit:
+            return False
+        bits = int.from_bytes(memory.read(tr.base + offset, 2), "little")
+        return not bits >> (port & 7) & ((1 << size) - 1)
 
     def _io_exits(self, port: int, size: int) -> bool:
         f = self.cpu.current.fields
@@ -658,6 +683,8 @@ class Engine:
             s.rip += ins.len
             return self._raise(Event(Vector.DB, None, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION), ins.len)
         if mnemonic == _M.RDPMC:
+            if s.cpl > 0 and not s.cr4 & _CR4_PCE:  # a privilege fault, before the exit (§26.1.1)
+                return self._exception(Vector.GP, 0)
             if self.cpu.current.fields[F.CPU_BASED_VM_EXEC_CONTROL] & P.RDPMC_EXITING:
                 return self._exit(ExitReason.RDPMC, length=ins.len)
             return self._exception(Vector.GP, 0)
@@ -665,10 +692,20 @@ class Engine:
 
     # RDMSR/WRMSR and control-register accesses (SDM §26.1.3)
     def _special(self, rip: int) -> VmExit | None:
-        s, f = self.cpu.state, self.cpu.current.fields
-        ins = self._decoded_at(s.cr3, rip, _decode_x86)
+        ins = self._decoded_at(self.cpu.state.cr3, rip, _decode_x86)
         if ins is None or ins.code == iced_x86.Code.INVALID:
             return self._exception(Vector.UD)
+        try:
+            return self._special_instruction(ins, rip)
+        except X86Exception as exc:  # reading a memory operand (LTR, LMSW, the TSS's I/O bitmap)
+            return self._exception(exc.vector, exc.error_code, exc.address)
+        except ept_mod.EptFault as fault:
+            return self._ept_exit(fault, access=1, linear=None)
+
+    def _special_instruction(self, ins, rip: int) -> VmExit | None:
+        s, f = self.cpu.state, self.cpu.current.fields
+        if s.cpl > 0 and (ins.mnemonic in _CPL0_ONLY or ins.code in _MOV_CR_CODES):
+            return self._exception(Vector.GP, 0)  # privilege faults come before VM exits (SDM §26.1.1)
         if ins.mnemonic == _M.CPUID:
             return self._exit(ExitReason.CPUID, length=ins.len)
         if ins.mnemonic in _IO:
@@ -680,14 +717,12 @@ class Engine:
             self.skip_special = rip
             return None
         if ins.mnemonic == _M.LTR:  # QEMU loads a null selector; the SDM makes it #GP(0) (LTR, Vol. 2A)
-            try:
-                null = self._operand_value(ins, 0) & 0xFFFC == 0
-            except X86Exception as exc:
-                return self._exception(exc.vector, exc.error_code, exc.address)
-            if null:
+            if self._operand_value(ins, 0) & 0xFFFC == 0:
                 return self._exception(Vector.GP, 0)
             self.skip_special = rip  # QEMU makes the other checks
             return None
+        if ins.mnemonic in (_M.LGDT, _M.LIDT):
+            return self._load_descriptor_table(ins, rip)
         if ins.mnemonic in (iced_x86.Mnemonic.RDMSR, iced_x86.Mnemonic.WRMSR):
             write = ins.mnemonic == iced_x86.Mnemonic.WRMSR
             if self._msr_exits(s.gpr[1] & 0xFFFF_FFFF, write):
@@ -695,6 +730,21 @@ class Engine:
             self.skip_special = rip  # let Unicorn execute it
             return None
         return self._cr_access(ins, f)
+
+    def _load_descriptor_table(self, ins, rip: int) -> VmExit | None:
+        """LGDT/LIDT: QEMU loads a non-canonical base in 64-bit mode; Intel processors, Bochs and
+        KVM's emulator (em_lgdt_lidt) raise #GP(0) with nothing loaded.  The other checks and the
+        operand's own faults are QEMU's: it executes the instruction (conformance/gp_faults.c)."""
+        s = self.cpu.state
+        if s.in_64bit_mode and s.cpl == 0 and ins.op0_kind == iced_x86.OpKind.MEMORY:
+            try:
+                base = int.from_bytes(self.guest_memory().read(self._memory_operand_address(ins) + 2, 8), "little")
+            except (X86Exception, ept_mod.EptFault):
+                base = 0  # the instruction faults on its operand
+            if not canonical(base):
+                return self._exception(Vector.GP, 0)
+        self.skip_special = rip
+        return None
 
     def _rdtsc(self, ins, f: dict[int, int]) -> VmExit | None:
         """RDTSC/RDTSCP (SDM §26.1.3, Vol. 2B): an exit with RDTSC exiting, else the time-stamp
@@ -745,8 +795,13 @@ class Engine:
             mask, shadow = f[F.CR0_GUEST_HOST_MASK] & 0xF, f[F.CR0_READ_SHADOW] & 0xF
             if (source ^ shadow) & mask & 0xE or (mask & 1 and source & 1 and not shadow & 1):
                 memory = ins.op0_kind == iced_x86.OpKind.MEMORY
+                info = {}
+                if memory:  # the operand's linear address (SDM §28.2.1), 32 bits outside 64-bit mode
+                    info["guest_linear_address"] = self._memory_operand_address(ins) & (
+                        0xFFFF_FFFF_FFFF_FFFF if s.in_64bit_mode else 0xFFFF_FFFF
+                    )
                 return self._exit(
-                    ExitReason.CR_ACCESS, length=length, qualification=3 << 4 | int(memory) << 6 | source << 16
+                    ExitReason.CR_ACCESS, length=length, qualification=3 << 4 | int(memory) << 6 | source << 16, **info
                 )
             source = (source & 0xF) | (s.cr0 & 1)  # LMSW cannot clear PE
             s.cr0 = (s.cr0 & ~0xF) | (source & ~mask) | (s.cr0 & mask)
@@ -806,15 +861,24 @@ class Engine:
                 if reg in table:
                     return self.cpu.state.gpr[table.index(reg)]
             return self.cpu.state.gpr[[iced_x86.Register.AX + i for i in range(16)].index(reg)]
-        address = (
-            iced_x86.InstructionInfoFactory()
-            .info(ins)
-            .used_memory()[0]
-            .virtual_address(
-                lambda reg, _i, _s: self.cpu.state.gpr[_ICED_GPR64.index(reg)] if reg in _ICED_GPR64 else 0
-            )
-        )
-        return int.from_bytes(self.guest_memory().read(address, 2), "little")
+        return int.from_bytes(self.guest_memory().read(self._memory_operand_address(ins), 2), "little")
+
+    def _memory_operand_address(self, ins) -> int:
+        """The linear address of the instruction's memory operand, with the segment bases of 64-bit
+        mode (only FS and GS have one)."""
+        s = self.cpu.state
+        if ins.is_ip_rel_memory_operand:
+            address = ins.ip_rel_memory_address
+        else:
+            address = ins.memory_displacement
+            for reg, scale in ((ins.memory_base, 1), (ins.memory_index, ins.memory_index_scale)):
+                if reg in _ICED_GPR64:
+                    address += s.gpr[_ICED_GPR64.index(reg)] * scale
+                elif reg in _ICED_GPR32:  # 32-bit addressing (address-size prefix)
+                    address = (address + (s.gpr[_ICED_GPR32.index(reg)] & 0xFFFF_FFFF) * scale) & 0xFFFF_FFFF
+        if ins.memory_segment in _FS_GS:
+            address += s.segs[Seg.FS if ins.memory_segment == iced_x86.Register.FS else Seg.GS].base
+        return address & 0xFFFF_FFFF_FFFF_FFFF
 
     # Exceptions (SDM §26.2 exception bitmap; §27.6 / Vol. 3A §6.14 delivery)
     def _exception(

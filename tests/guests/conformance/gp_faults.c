@@ -1,7 +1,8 @@
 /* #GP(0) that changes nothing: MOV to CR4 setting a bit whose feature CPUID does not report, or a
  * reserved bit, and MOV to CR0 setting a bit of 63:32 (SDM Vol. 2B MOV CR; Vol. 3A §2.5); LTR of a
- * null selector (Vol. 2A LTR).  CR4 bits whose features are reported are left alone (setting them
- * has effects).  (TAP output.) */
+ * null selector (Vol. 2A LTR); LGDT and LIDT of a non-canonical base in 64-bit mode (as Intel
+ * processors, Bochs and KVM's emulator, em_lgdt_lidt, do).  CR4 bits whose features are reported
+ * are left alone (setting them has effects).  (TAP output.) */
 #include <nestvmx.h>
 
 #include "../tap.h"
@@ -10,7 +11,8 @@ static u64 idt[512] __attribute__((aligned(16)));
 static volatile u64 gp_count, gp_error;
 extern char gp_handler[];
 
-/* #GP: record the error code, skip the 3-byte instruction that faulted (MOV to CR, LTR AX). */
+/* #GP: record the error code, skip the 3-byte instruction that faulted (MOV to CR, LTR AX,
+ * LGDT/LIDT (%rax)). */
 __asm__(".text\n gp_handler: popq gp_error(%rip)\n addq $3, (%rsp)\n incq gp_count(%rip)\n iretq\n");
 
 static u32 cpuid_reg(u32 leaf, int reg) {
@@ -19,7 +21,9 @@ static u32 cpuid_reg(u32 leaf, int reg) {
     return r[reg];
 }
 
-enum instruction { MOV_CR0, MOV_CR4, LTR };
+enum instruction { MOV_CR0, MOV_CR4, LTR, LGDT, LIDT };
+
+struct table_register { u16 limit; u64 base; } __attribute__((packed));
 
 /* Whether the instruction with this source raised #GP(0). */
 static int faults(enum instruction which, u64 value) {
@@ -28,8 +32,12 @@ static int faults(enum instruction which, u64 value) {
         __asm__ volatile("mov %0, %%cr0" : : "a"(value) : "memory");  /* 0f 22 c0: 3 bytes */
     else if (which == MOV_CR4)
         __asm__ volatile("mov %0, %%cr4" : : "a"(value) : "memory");  /* 0f 22 e0 */
-    else
+    else if (which == LTR)
         __asm__ volatile("ltr %w0" : : "a"(value) : "memory");  /* 0f 00 d8 */
+    else if (which == LGDT)
+        __asm__ volatile("lgdt (%0)" : : "a"(value) : "memory");  /* 0f 01 10 */
+    else
+        __asm__ volatile("lidt (%0)" : : "a"(value) : "memory");  /* 0f 01 18 */
     return gp_count == before + 1 && gp_error == 0;
 }
 
@@ -39,7 +47,7 @@ int main(void) {
     u64 handler = (u64)gp_handler;
     idt[26] = (handler & 0xffff) | (u64)cs << 16 | 0x8eull << 40 | (handler >> 16 & 0xffff) << 48;
     idt[27] = handler >> 32;
-    struct { u16 limit; u64 base; } __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
+    struct table_register idtr = {sizeof(idt) - 1, (u64)idt};
     __asm__ volatile("lidt %0" : : "m"(idtr));
 
     u32 max_leaf = cpuid_reg(0, 0), ecx1 = cpuid_reg(1, 2);
@@ -71,6 +79,15 @@ int main(void) {
     u16 tr_after;
     __asm__ volatile("str %0" : "=r"(tr_after));
     ok(tr_after == tr, "TR unchanged");
+    struct table_register gdtr, after, noncanonical = {0xfff, 0x0000800000000000ull};
+    __asm__ volatile("sgdt %0" : "=m"(gdtr));
+    ok(faults(LGDT, (u64)&noncanonical), "LGDT of a non-canonical base: #GP(0)");
+    __asm__ volatile("sgdt %0" : "=m"(after));
+    ok(after.base == gdtr.base && after.limit == gdtr.limit, "GDTR unchanged");
+    ok(faults(LIDT, (u64)&noncanonical), "LIDT of a non-canonical base: #GP(0)");
+    __asm__ volatile("sidt %0" : "=m"(after));
+    ok(after.base == idtr.base && after.limit == idtr.limit, "IDTR unchanged");
+    ok(!faults(LGDT, (u64)&gdtr), "LGDT of a canonical base: no fault");
     puts(failures ? "FAIL\n" : "PASS\n");
     puts("END\n");
     return failures;
