@@ -194,7 +194,11 @@ class GuestContext:
         self.code_pages: dict[int, bytes] = {}  # host pages holding translated code -> their bytes then
         self.ept_cache: dict = {}  # EPT translations of this instance's hierarchy (see GuestMemory)
         self.decoded: dict = {}  # (CR3, RIP, decoder) -> (host address, bytes, instruction) (see _decoded_at)
-        self.counter = InstructionCounter(stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p))
+        self.counter = InstructionCounter(
+            stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p),
+            reg_read=ctypes.cast(_ucmod.uclib.uc_reg_read, ctypes.c_void_p),
+            rflags_id=X.UC_X86_REG_RFLAGS,
+        )
         self.shadow_path = _shadow_path(engine)
         self.reset_exception_state = _ExceptionStateReset(self.uc)
         self._map_memory()
@@ -551,6 +555,8 @@ class Engine:
             return self._after_plain_return()
         self._save_state()
         cpu.state.rip = stop.rip
+        if stop.kind in ("memory", "exception") and stop.rip == self.ctx.counter.last:
+            cpu.state.rflags = self.ctx.counter.rflags  # a fault: RFLAGS as the instruction started (native.c)
         if stop.kind == "invalid":
             return self._invalid_instruction(stop.rip)
         if stop.kind == "exception":

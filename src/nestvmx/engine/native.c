@@ -1,7 +1,8 @@
 /* Callbacks Unicorn runs inside emu_start for the execution engine (engine.py), built once with the
    machine's gcc by native.py.  Each one saves a round trip through a Python hook:
-   - nestvmx_count_insn counts instructions (~12 ns against ~500 ns), keeps the last two started and
-     stops the emulation when the count reaches `limit` (the host timer; 0 = never);
+   - nestvmx_count_insn counts instructions (~12 ns against ~500 ns), keeps the last two started
+     and RFLAGS as the last started, and stops the emulation when the count reaches `limit` (the
+     host timer; 0 = never);
    - nestvmx_shadow_vmx serves register-form VMREAD/VMWRITE of non-root operation from the shadow
      VMCS (SDM 26.10) when the processor model would; any other case, and any doubt, goes to the
      Python path (LogicalProcessor.execute), which stops the guest first.  */
@@ -11,15 +12,20 @@
 #include <stdint.h>
 
 struct counter {
-    uint64_t count, limit, last, previous;
+    uint64_t count, limit, last, previous, rflags;
     int (*stop)(void *);
+    int (*reg_read)(void *uc, int id, void *value);
+    int rflags_id;
 };
 
+/* `rflags` is RFLAGS as `last` starts: QEMU may change the flags of an instruction (RCL/RCR compute
+   them before their memory access) and then unwind it on a fault without restoring them. */
 void nestvmx_count_insn(void *uc, uint64_t address, uint32_t size, struct counter *c)
 {
     (void)size;
     c->previous = c->last;
     c->last = address;
+    c->reg_read(uc, c->rflags_id, &c->rflags);
     if (++c->count == c->limit)
         c->stop(uc);
 }

@@ -18,14 +18,18 @@ _SOURCE = Path(__file__).with_name("native.c")
 
 
 class InstructionCounter(ctypes.Structure):
-    """nestvmx_count_insn's data (struct counter); `stop` is Unicorn's uc_emu_stop."""
+    """nestvmx_count_insn's data (struct counter); `stop` and `reg_read` are Unicorn's uc_emu_stop and
+    uc_reg_read."""
 
     _fields_ = [
         ("count", ctypes.c_uint64),
         ("limit", ctypes.c_uint64),
         ("last", ctypes.c_uint64),
         ("previous", ctypes.c_uint64),
+        ("rflags", ctypes.c_uint64),
         ("stop", ctypes.c_void_p),
+        ("reg_read", ctypes.c_void_p),
+        ("rflags_id", ctypes.c_int),
     ]
 
 
