@@ -8,6 +8,7 @@ import pytest
 from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_mappings, ept_translate, merge_runs
 from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.hw.cpu_models import get_cpu_model
+from nestvmx.hw.exceptions import X86Exception
 from nestvmx.hw.memory import PhysicalMemory
 from nestvmx.hw.state import CpuState
 
@@ -111,5 +112,7 @@ def test_page_fault_error_code_reports_fetches_only_with_nx_or_smep(efer_nxe: in
     state.cr3, state.efer = 0x1000, state.efer | efer_nxe << 11
     state.cr4 |= cr4_smep << 20
     g = GuestMemory(haswell, m, state, None)
-    assert g.page_fault_error_code(0x5000, write=False, fetch=True) == id_flag
-    assert g.page_fault_error_code(0x5000, write=True, fetch=False) == 2
+    for write, fetch, error_code in ((False, True, id_flag), (True, False, 2)):
+        with pytest.raises(X86Exception) as e:
+            g.linear_to_gpa(0x5000, write=write, fetch=fetch)
+        assert e.value.error_code == error_code

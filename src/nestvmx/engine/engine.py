@@ -98,6 +98,8 @@ _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit add
 _R = iced_x86.Register
 _SEGMENT_NUMBER = {_R.ES: Seg.ES, _R.CS: Seg.CS, _R.SS: Seg.SS, _R.DS: Seg.DS, _R.FS: Seg.FS, _R.GS: Seg.GS}
 _NO_INSTRUCTION = 0xFFFF_FFFF_FFFF_FFFF  # the instruction counter's "last" before the first one
+_NO_END = 0xFFFF_FFFF_FFFF_FFFF  # emu_start's `until` for a run that ends at a stop
+_FETCH_FAULTS = (UC.UC_MEM_FETCH_UNMAPPED, UC.UC_MEM_FETCH_PROT)
 
 
 def _mov_to_ss(ins: iced_x86.Instruction) -> bool:
@@ -113,24 +115,34 @@ _CR4_PCE = 1 << 8
 # Unicorn never delivers exceptions, so QEMU's record of the exception in progress is never
 # cleared and the next fault would wrongly become #DF or a silent shutdown.  It sits at this
 # offset of the saved CPU context of unicorn 2.1.4 (the pinned version); the engine clears it
-# before every run (tests/engine/test_engine.py fails if the offset is wrong).
+# before every run.  QEMU's error code of the exception it raised sits 112 bytes before it
+# (CPUX86State: error_code, exception_is_int, exception_next_eip, dr[8], 4 breakpoint pointers,
+# old_exception).  conformance/exceptions and l2_events fail if either offset is wrong.
 _OLD_EXCEPTION_OFFSET = 5536
+_ERROR_CODE_OFFSET = _OLD_EXCEPTION_OFFSET - 112
 
 
-class _ExceptionStateReset:
-    """Clears QEMU's record of the exception in progress (above) in one instance, through one
-    context saved and restored in place (a new context per run cost ~3.5 us)."""
+class _QemuExceptionState:
+    """QEMU's exception bookkeeping in one instance, through one context saved and restored in
+    place (a new context per run cost ~3.5 us)."""
 
     def __init__(self, uc: Uc) -> None:
         self.uc = uc
         self.context = uc.context_save()
         address = ctypes.cast(self.context.context, ctypes.c_void_p).value
         self.old_exception = ctypes.c_int32.from_address(address + _OLD_EXCEPTION_OFFSET)
+        self.error_code_field = ctypes.c_int32.from_address(address + _ERROR_CODE_OFFSET)
 
-    def __call__(self) -> None:
+    def reset(self) -> None:
+        """Forget the exception in progress (before every run)."""
         self.uc.context_update(self.context)
         self.old_exception.value = -1
         self.uc.context_restore(self.context)
+
+    def error_code(self) -> int:
+        """The error code of the exception QEMU is raising (read in the interrupt hook)."""
+        self.uc.context_update(self.context)
+        return self.error_code_field.value & 0xFFFF_FFFF
 
 
 # Instruction decoders for Engine._decoded_at: (instruction, length), or None.
@@ -200,7 +212,7 @@ class GuestContext:
             rflags_id=X.UC_X86_REG_RFLAGS,
         )
         self.shadow_path = _shadow_path(engine)
-        self.reset_exception_state = _ExceptionStateReset(self.uc)
+        self.exception_state = _QemuExceptionState(self.uc)
         self._map_memory()
         self._add_hooks()
 
@@ -276,6 +288,8 @@ class Engine:
         self.ctx: GuestContext | None = None
         self.stop: _Stop | None = None
         self.skip_special: int | None = None
+        self.run_until: int | None = None  # where the next run ends (see _page_crossing_ahead)
+        self.until = _NO_END  # where the current run ends
         # (address, interruptibility bit) of the last STI that set IF or MOV to SS of this entry.
         self.blocking_by: tuple[int, int] | None = None
         self.cr2_before_run = 0
@@ -347,7 +361,7 @@ class Engine:
                     f"the model cannot load the guest's segment registers at RIP {cpu.state.rip:#x}: a selector's "
                     f"GDT descriptor does not fit it ({err}); a VM entry takes them from the VMCS"
                 ) from err
-            ctx.reset_exception_state()
+            ctx.exception_state.reset()
             self._drop_stale_translations(ctx)
             self.stop = None
             self.cr2_before_run = cpu.state.cr2
@@ -355,8 +369,9 @@ class Engine:
             if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
                 ctx.scanned.add(cpu.state.rip)
                 self._scan(cpu.state.rip)
+            self.until, self.run_until = self.run_until or _NO_END, None
             try:
-                ctx.uc.emu_start(cpu.state.rip, 0xFFFF_FFFF_FFFF_FFFF)
+                ctx.uc.emu_start(cpu.state.rip, self.until)
             except UcError as err:
                 if self.stop is None:
                     raise EngineError(f"emulation error at RIP {ctx.uc.reg_read(X.UC_X86_REG_RIP):#x}: {err}") from err
@@ -477,7 +492,8 @@ class Engine:
         # CR2 must be read here: after emu_start returns, Unicorn reports a wrong CR2.
         if self.stop is None:
             rip, cr2, dr6 = (uc.reg_read(reg) for reg in (X.UC_X86_REG_RIP, X.UC_X86_REG_CR2, X.UC_X86_REG_DR6))
-            self._halt("exception", rip, vector=vector, cr2=cr2, dr6=dr6)
+            error_code = self.ctx.exception_state.error_code()
+            self._halt("exception", rip, vector=vector, cr2=cr2, dr6=dr6, error_code=error_code)
 
     def _on_memory_fault(self, uc: Uc, access: int, address: int, size: int, value: int, _ud) -> bool:
         if self.stop is None:
@@ -557,21 +573,51 @@ class Engine:
         cpu.state.rip = stop.rip
         if stop.kind in ("memory", "exception") and stop.rip == self.ctx.counter.last:
             cpu.state.rflags = self.ctx.counter.rflags  # a fault: RFLAGS as the instruction started (native.c)
+        # A #PF or fetch fault before the instruction at RIP started (the counter did not see it).
+        fetch = stop.data.get("vector") == Vector.PF or stop.data.get("access") in _FETCH_FAULTS
+        fetch = fetch and stop.rip != self.ctx.counter.last
+        if fetch and (crossing := self._page_crossing_ahead(stop.rip, stop.data.get("cr2", stop.data.get("address")))):
+            self.run_until = crossing  # run the instructions before it; it then faults on its own
+            return None
         if stop.kind == "invalid":
             return self._invalid_instruction(stop.rip)
         if stop.kind == "exception":
             cpu.state.cr2 = stop.data["cr2"]
-            return self._interrupt(stop.data["vector"], stop.data["dr6"])
+            return self._interrupt(stop.data["vector"], stop.data["dr6"], stop.data["error_code"])
         if stop.kind == "special":
             return self._special(stop.rip)
         if stop.kind == "retranslate":
             return None
         return self._memory_fault(stop)
 
+    def _page_crossing_ahead(self, rip: int, address: int | None) -> int | None:
+        """Unicorn 2.1.4 (QEMU 5.0) raises the fault of fetching an instruction that crosses into
+        the next page while it translates the block that instruction ends, with the block's first
+        RIP: the instructions before it have not run.  That instruction's address, if the
+        straight-line code from RIP reaches it; else None (the fault is RIP's own)."""
+        page_end = (rip | 0xFFF) + 1
+        if address != page_end:
+            return None
+        try:
+            code = self.guest_memory().fetch(rip, page_end - rip)
+        except (X86Exception, ept_mod.EptFault):
+            return None
+        decoder = iced_x86.Decoder(64, code, ip=rip)
+        for ins in decoder:
+            if ins.code == iced_x86.Code.INVALID:
+                no_more = decoder.last_error == iced_x86.DecoderError.NO_MORE_BYTES
+                return ins.ip if no_more and ins.ip != rip else None
+            if ins.flow_control != iced_x86.FlowControl.NEXT:
+                return None  # the block ends here, before the page does
+        return None
+
     def _after_plain_return(self) -> VmExit | None:
-        """emu_start returned by itself: the guest executed HLT, or the host's timer stopped it."""
+        """emu_start returned by itself: the guest executed HLT, the host's timer stopped it, or
+        it reached `run_until` (see _page_crossing_ahead)."""
         self._save_state()
         s, counter = self.cpu.state, self.ctx.counter
+        if s.rip == self.until:
+            return None
         f = self.cpu.current.fields
         last = self._decoded_at(s.cr3, counter.last, _decode_x86)  # the instruction executed last
         if last is not None and last.mnemonic == _M.HLT and counter.last + last.len == s.rip:  # prefixes too
@@ -894,19 +940,18 @@ class Engine:
         `qualification`: a #DB's, should it exit."""
         if address is not None:
             self.cpu.state.cr2 = address
-        if vector in ERROR_CODE_VECTORS and error_code is None:
-            error_code = self._error_code(vector)
-        return self._raise(Event(vector, error_code if vector in ERROR_CODE_VECTORS else None), 0, qualification)
+        return self._raise(Event(vector, (error_code or 0) if vector in ERROR_CODE_VECTORS else None), 0, qualification)
 
-    def _interrupt(self, vector: int, dr6: int) -> VmExit | None:
+    def _interrupt(self, vector: int, dr6: int, error_code: int) -> VmExit | None:
         """Unicorn raised `vector`: an exception of the instruction at RIP, or INT n / INT3, after
         which RIP is past the instruction the counter saw start.  A #DB (a single step, a
-        breakpoint) has the DR6 bits Unicorn set, which an exit reports instead (SDM §28.2.1)."""
+        breakpoint) has the DR6 bits Unicorn set, which an exit reports instead (SDM §28.2.1).
+        `error_code`: QEMU's (for a #PF, from the walk of the access that faulted)."""
         s, last = self.cpu.state, self.ctx.counter.last
         ins = self._decoded_at(s.cr3, last, _decode_x86) if last != s.rip else None
         if ins is not None and last + ins.len == s.rip and ins.mnemonic in _SOFTWARE_EVENTS:
             return self._raise(Event(vector, None, _SOFTWARE_EVENTS[ins.mnemonic]), ins.len)
-        return self._exception(vector, qualification=dr6 & _DR6_EXIT_BITS if vector == Vector.DB else 0)
+        return self._exception(vector, error_code, qualification=dr6 & _DR6_EXIT_BITS if vector == Vector.DB else 0)
 
     def _raise(self, event: Event, length: int = 0, qualification: int = 0) -> VmExit | None:
         """An exception exits if the exception bitmap selects it (SDM §26.2; INT n never does),
@@ -936,28 +981,6 @@ class Engine:
             hit = (event.error_code or 0) & f[F.PAGE_FAULT_ERROR_CODE_MASK] == f[F.PAGE_FAULT_ERROR_CODE_MATCH]
             return bool(f[F.EXCEPTION_BITMAP] >> 14 & 1) == hit
         return bool(f[F.EXCEPTION_BITMAP] >> event.vector & 1)
-
-    def _error_code(self, vector: int) -> int:
-        """Unicorn does not pass error codes: rebuild the #PF one from a walk; others are 0."""
-        if vector != Vector.PF:
-            return 0
-        s = self.cpu.state
-        fetch = False
-        write = False
-        code = self.guest_memory().fetch(s.rip, 15)
-        if not code or (s.cr2 & ~0xFFF) in (s.rip & ~0xFFF, (s.rip + 14) & ~0xFFF) and len(code) < 15:
-            fetch = True
-        else:
-            ins = next(iter(iced_x86.Decoder(64, code, ip=s.rip)))
-            for mem in iced_x86.InstructionInfoFactory().info(ins).used_memory():
-                if mem.access in (
-                    iced_x86.OpAccess.WRITE,
-                    iced_x86.OpAccess.READ_WRITE,
-                    iced_x86.OpAccess.COND_WRITE,
-                    iced_x86.OpAccess.READ_COND_WRITE,
-                ):
-                    write = True
-        return self.guest_memory().page_fault_error_code(s.cr2, write, fetch)
 
     def _deliver(self, event: Event, length: int) -> VmExit | None:
         """Deliver `event` through the IDT (RIP past the instruction of a software event).  An

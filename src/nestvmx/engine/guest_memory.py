@@ -86,16 +86,6 @@ class GuestMemory:
         4-level paging) or CR4.SMEP (SDM Vol. 3A §4.7)."""
         return int(fetch and bool(self.state.efer & _EFER_NXE or self.state.cr4 & _CR4_SMEP)) << 4
 
-    def page_fault_error_code(self, linear: int, write: bool, fetch: bool) -> int:
-        """The #PF error code the processor reports for an access that faulted (SDM Vol. 3A §4.7)."""
-        try:
-            self.linear_to_gpa(linear, write, fetch)
-        except X86Exception as e:
-            return e.error_code or 0
-        except EptFault:
-            pass
-        return int(write) << 1 | int(self.state.cpl == 3) << 2 | self._fetch_bit(fetch)
-
     def _pieces(self, linear: int, size: int, write: bool, fetch: bool = False) -> list[tuple[int, int]]:
         pieces = []
         access = EPT_WRITE if write else (EPT_EXEC if fetch else EPT_READ)

@@ -1,7 +1,8 @@
 /* #GP(0) that changes nothing: MOV to CR4 setting a bit whose feature CPUID does not report, or a
  * reserved bit, and MOV to CR0 setting a bit of 63:32 (SDM Vol. 2B MOV CR; Vol. 3A §2.5); LTR of a
  * null selector (Vol. 2A LTR); LGDT and LIDT of a non-canonical base in 64-bit mode (as Intel
- * processors, Bochs and KVM's emulator, em_lgdt_lidt, do).  CR4 bits whose features are reported
+ * processors, Bochs and KVM's emulator, em_lgdt_lidt, do); MOV to DS of a selector past the GDT's
+ * limit or into a null LDT, #GP with the selector as error code (Vol. 2B MOV).  CR4 bits whose features are reported
  * are left alone (setting them has effects).  (TAP output.) */
 #include <nestvmx.h>
 
@@ -21,12 +22,12 @@ static u32 cpuid_reg(u32 leaf, int reg) {
     return r[reg];
 }
 
-enum instruction { MOV_CR0, MOV_CR4, LTR, LGDT, LIDT };
+enum instruction { MOV_CR0, MOV_CR4, LTR, LGDT, LIDT, MOV_DS };
 
 struct table_register { u16 limit; u64 base; } __attribute__((packed));
 
-/* Whether the instruction with this source raised #GP(0). */
-static int faults(enum instruction which, u64 value) {
+/* Whether the instruction with this source raised #GP with this error code. */
+static int faults_with(enum instruction which, u64 value, u64 error_code) {
     u64 before = gp_count;
     if (which == MOV_CR0)
         __asm__ volatile("mov %0, %%cr0" : : "a"(value) : "memory");  /* 0f 22 c0: 3 bytes */
@@ -36,10 +37,14 @@ static int faults(enum instruction which, u64 value) {
         __asm__ volatile("ltr %w0" : : "a"(value) : "memory");  /* 0f 00 d8 */
     else if (which == LGDT)
         __asm__ volatile("lgdt (%0)" : : "a"(value) : "memory");  /* 0f 01 10 */
-    else
+    else if (which == LIDT)
         __asm__ volatile("lidt (%0)" : : "a"(value) : "memory");  /* 0f 01 18 */
-    return gp_count == before + 1 && gp_error == 0;
+    else
+        __asm__ volatile(".byte 0x66, 0x8e, 0xd8" : : "a"(value) : "memory");  /* mov %ax, %ds: 3 bytes */
+    return gp_count == before + 1 && gp_error == error_code;
 }
+
+static int faults(enum instruction which, u64 value) { return faults_with(which, value, 0); }
 
 int main(void) {
     u16 cs;
@@ -88,6 +93,11 @@ int main(void) {
     __asm__ volatile("sidt %0" : "=m"(after));
     ok(after.base == idtr.base && after.limit == idtr.limit, "IDTR unchanged");
     ok(!faults(LGDT, (u64)&gdtr), "LGDT of a canonical base: no fault");
+    u16 ds;
+    __asm__ volatile("mov %%ds, %0" : "=r"(ds));
+    ok(faults_with(MOV_DS, (gdtr.limit + 1) | 3, gdtr.limit + 1), "MOV to DS past the GDT's limit: #GP(selector)");
+    ok(faults_with(MOV_DS, 0xc70f, 0xc70c), "MOV to DS of an LDT selector, LDTR null: #GP(selector)");
+    __asm__ volatile("mov %0, %%ds" : : "r"(ds));
     puts(failures ? "FAIL\n" : "PASS\n");
     puts("END\n");
     return failures;
