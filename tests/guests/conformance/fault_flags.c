@@ -5,9 +5,9 @@
  * GUEST_RFLAGS, and once L1 maps the page the RCR rotates that CF in.  (TAP output.) */
 #include "../l1.h"
 
+#include "../idt_gate.h"
 #include "../tap.h"
 
-static u64 idt[512] __attribute__((aligned(16)));
 static volatile u64 pf_count, pf_rflags;
 extern char pf_handler[], l2_rcr[], l2_rcr_insn[];
 
@@ -21,13 +21,7 @@ __asm__(".text\n l2_rcr: xorl %ecx, %ecx\n cmpl $0x1000, %ecx\n l2_rcr_insn: rcr
 #define OUTSIDE_EPT (24ull << 20) /* mapped by L1's paging, not by the 16 MiB of L1's EPT */
 
 int main(void) {
-    u16 cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    u64 handler = (u64)pf_handler;
-    idt[28] = (handler & 0xffff) | (u64)cs << 16 | 0x8eull << 40 | (handler >> 16 & 0xffff) << 48;
-    idt[29] = handler >> 32;
-    struct { u16 limit; u64 base; } __attribute__((packed)) idtr = {sizeof(idt) - 1, (u64)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    set_idt_gate(14, pf_handler);
 
     u64 unmapped = 0x0000400000000000ull; /* canonical, no PML4 entry */
     __asm__ volatile("xorl %%ecx, %%ecx\n cmpl $0x1000, %%ecx\n rcrq $1, (%0)" : : "a"(unmapped) : "rcx", "memory", "cc");

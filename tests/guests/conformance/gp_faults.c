@@ -6,9 +6,9 @@
  * are left alone (setting them has effects).  (TAP output.) */
 #include <nestvmx.h>
 
+#include "../idt_gate.h"
 #include "../tap.h"
 
-static u64 idt[512] __attribute__((aligned(16)));
 static volatile u64 gp_count, gp_error;
 extern char gp_handler[];
 
@@ -47,13 +47,9 @@ static int faults_with(enum instruction which, u64 value, u64 error_code) {
 static int faults(enum instruction which, u64 value) { return faults_with(which, value, 0); }
 
 int main(void) {
-    u16 cs;
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    u64 handler = (u64)gp_handler;
-    idt[26] = (handler & 0xffff) | (u64)cs << 16 | 0x8eull << 40 | (handler >> 16 & 0xffff) << 48;
-    idt[27] = handler >> 32;
-    struct table_register idtr = {sizeof(idt) - 1, (u64)idt};
-    __asm__ volatile("lidt %0" : : "m"(idtr));
+    set_idt_gate(13, gp_handler);
+    struct table_register idtr;
+    __asm__ volatile("sidt %0" : "=m"(idtr));
 
     u32 max_leaf = cpuid_reg(0, 0), ecx1 = cpuid_reg(1, 2);
     u32 ebx7 = max_leaf >= 7 ? cpuid_reg(7, 1) : 0, ecx7 = max_leaf >= 7 ? cpuid_reg(7, 2) : 0;
