@@ -323,7 +323,7 @@ class Engine:
         self._run_start = ctx.counter.count
         ctx.counter.limit = self._run_start + timer if timer else 0
         ctx.counter.last = ctx.counter.previous = _NO_INSTRUCTION  # what it sees start belongs to this entry
-        self.blocking_by = None
+        self.blocking_by = self.run_until = None
         try:
             return self._run(ctx)
         finally:
