@@ -14,9 +14,9 @@ from nestvmx.arch.controls import (
 )
 from nestvmx.hw.exceptions import Vector, X86Exception, double_fault_class
 from nestvmx.hw.paging import LinearMemory
-from nestvmx.hw.state import RFLAGS_IF, RFLAGS_TF, CpuState, Seg, Segment
+from nestvmx.hw.state import RFLAGS_IF, RFLAGS_TF, RFLAGS_VM, CpuState, Seg, Segment
 
-_RFLAGS_NT, _RFLAGS_RF, _RFLAGS_VM = 1 << 14, 1 << 16, 1 << 17
+_RFLAGS_NT, _RFLAGS_RF = 1 << 14, 1 << 16
 
 
 class TripleFault(Exception):
@@ -106,6 +106,6 @@ def deliver(state: CpuState, memory: LinearMemory, event: Event, descriptor_read
     state.segs[Seg.CS] = Segment((selector & ~3) | new_cpl, code.base, code.limit, code.ar)
     state.rsp = rsp
     state.rip = offset
-    state.rflags &= ~(RFLAGS_TF | _RFLAGS_NT | _RFLAGS_RF | _RFLAGS_VM)
+    state.rflags &= ~(RFLAGS_TF | _RFLAGS_NT | _RFLAGS_RF | RFLAGS_VM)
     if gate_type == 0xE:
         state.rflags &= ~RFLAGS_IF

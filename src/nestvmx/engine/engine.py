@@ -57,9 +57,9 @@ from nestvmx.engine.uc_state import (
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
-from nestvmx.hw.instruction import VmxInstruction
+from nestvmx.hw.instruction import MemOperand, VmxInstruction
 from nestvmx.hw.processor import LogicalProcessor
-from nestvmx.hw.state import CR0_PE, RFLAGS_IF, RFLAGS_VM, CpuState, Seg, Segment, canonical
+from nestvmx.hw.state import CR0_PE, CR4_PCE, RFLAGS_IF, RFLAGS_VM, CpuState, Seg, Segment, canonical
 from nestvmx.hw.vmexit import VmExit
 
 _M = iced_x86.Mnemonic
@@ -84,7 +84,6 @@ _CR_NUMBER = {
 _INVALID_INSTRUCTION = iced_x86.DecoderError.INVALID_INSTRUCTION
 _ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
 _ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
-_FS_GS = (iced_x86.Register.FS, iced_x86.Register.GS)
 _CR0_TS = 1 << 3
 _K = iced_x86.OpKind
 _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit address size (0, 1, 2)
@@ -102,14 +101,15 @@ _NO_END = 0xFFFF_FFFF_FFFF_FFFF  # emu_start's `until` for a run that ends at a 
 _FETCH_FAULTS = (UC.UC_MEM_FETCH_UNMAPPED, UC.UC_MEM_FETCH_PROT)
 
 
+_MOV_SREG_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
+
+
 def _mov_to_ss(ins: iced_x86.Instruction) -> bool:
     return ins.code in _MOV_SREG_CODES and ins.op0_register == iced_x86.Register.SS
 
 
-_MOV_SREG_CODES = {iced_x86.Code.MOV_SREG_RM16, iced_x86.Code.MOV_SREG_R32M16, iced_x86.Code.MOV_SREG_R64M16}
 _DR6_EXIT_BITS = 0x600F  # B0-B3, BD, BS: a #DB's exit qualification (SDM Table 28-1; no RTM here)
 _CR4_TSD = 1 << 2
-_CR4_PCE = 1 << 8
 
 
 # Unicorn never delivers exceptions, so QEMU's record of the exception in progress is never
@@ -165,6 +165,30 @@ def _decode_x86(code: bytes, rip: int) -> tuple[iced_x86.Instruction, int] | Non
     return ins, ins.len
 
 
+def _memory_operand(ins: iced_x86.Instruction) -> MemOperand:
+    """The memory operand of an instruction iced-x86 decoded (64-bit mode), as the processor model
+    takes it (hw.instruction.MemOperand)."""
+
+    def number(reg: int) -> int | None:
+        for table in (_ICED_GPR64, _ICED_GPR32):
+            if reg in table:
+                return table.index(reg)
+        return None
+
+    segment = _SEGMENT_NUMBER[ins.memory_segment]
+    address_size = 32 if ins.memory_base in _ICED_GPR32 or ins.memory_index in _ICED_GPR32 else 64
+    if ins.is_ip_rel_memory_operand:  # iced gives the target itself
+        return MemOperand(segment, displacement=ins.ip_rel_memory_address, address_size=address_size)
+    return MemOperand(
+        segment,
+        number(ins.memory_base),
+        number(ins.memory_index),
+        ins.memory_index_scale.bit_length() - 1,
+        ins.memory_displacement,
+        address_size,
+    )
+
+
 class EngineError(Exception):
     """The guest did something the model cannot continue from (not an architectural outcome)."""
 
@@ -186,9 +210,12 @@ def _shadow_path(engine: Engine) -> ShadowPath:
         state_ids=(ctypes.c_int * 4)(X.UC_X86_REG_RIP, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS),
         gpr_ids=(ctypes.c_int * 16)(*GPR_IDS),
         fields=None,
+        access=engine.cpu.model.vmcs_access,
+        events=engine.cpu.events,
         vmread_event="shadow_vmread",
         vmwrite_event="shadow_vmwrite",
         stop=engine._on_invalid,
+        vmwrite_any_field=engine.cpu.model.vmwrite_any_field,
     )
 
 
@@ -289,7 +316,6 @@ class Engine:
         self.stop: _Stop | None = None
         self.skip_special: int | None = None
         self.run_until: int | None = None  # where the next run ends (see _page_crossing_ahead)
-        self.until = _NO_END  # where the current run ends
         # (address, interruptibility bit) of the last STI that set IF or MOV to SS of this entry.
         self.blocking_by: tuple[int, int] | None = None
         self.cr2_before_run = 0
@@ -369,9 +395,8 @@ class Engine:
             if cpu.state.rip not in ctx.scanned:  # the first block of a run is not reported as new
                 ctx.scanned.add(cpu.state.rip)
                 self._scan(cpu.state.rip)
-            self.until, self.run_until = self.run_until or _NO_END, None
             try:
-                ctx.uc.emu_start(cpu.state.rip, self.until)
+                ctx.uc.emu_start(cpu.state.rip, self.run_until or _NO_END)
             except UcError as err:
                 if self.stop is None:
                     raise EngineError(f"emulation error at RIP {ctx.uc.reg_read(X.UC_X86_REG_RIP):#x}: {err}") from err
@@ -462,8 +487,7 @@ class Engine:
         p.vmread_bitmap = self.host_ptr + read_bitmap if memory.contains(read_bitmap, 0x1000) else None
         p.vmwrite_bitmap = self.host_ptr + write_bitmap if memory.contains(write_bitmap, 0x1000) else None
         p.cs, p.ss = s.segs[Seg.CS].selector, s.segs[Seg.SS].selector
-        p.op64, p.vmwrite_any_field = s.in_64bit_mode, cpu.model.vmwrite_any_field
-        p.access, p.events = cpu.model.vmcs_access, cpu.events
+        p.op64 = s.in_64bit_mode
         p.fields = shadow.fields
 
     def _decoded_at(self, cr3: int, rip: int, decode: Decoder = _decode_vmx64):
@@ -569,14 +593,18 @@ class Engine:
         stop, cpu = self.stop, self.cpu
         if stop is None:
             return self._after_plain_return()
+        self.run_until = None
         self._save_state()
         cpu.state.rip = stop.rip
         if stop.kind in ("memory", "exception") and stop.rip == self.ctx.counter.last:
             cpu.state.rflags = self.ctx.counter.rflags  # a fault: RFLAGS as the instruction started (native.c)
         # A #PF or fetch fault before the instruction at RIP started (the counter did not see it).
         fetch = stop.data.get("vector") == Vector.PF or stop.data.get("access") in _FETCH_FAULTS
-        fetch = fetch and stop.rip != self.ctx.counter.last
-        if fetch and (crossing := self._page_crossing_ahead(stop.rip, stop.data.get("cr2", stop.data.get("address")))):
+        if (
+            fetch
+            and stop.rip != self.ctx.counter.last
+            and (crossing := self._page_crossing_ahead(stop.rip, stop.data.get("cr2", stop.data.get("address"))))
+        ):
             self.run_until = crossing  # run the instructions before it; it then faults on its own
             return None
         if stop.kind == "invalid":
@@ -616,7 +644,8 @@ class Engine:
         it reached `run_until` (see _page_crossing_ahead)."""
         self._save_state()
         s, counter = self.cpu.state, self.ctx.counter
-        if s.rip == self.until:
+        if s.rip == self.run_until:
+            self.run_until = None
             return None
         f = self.cpu.current.fields
         last = self._decoded_at(s.cr3, counter.last, _decode_x86)  # the instruction executed last
@@ -735,7 +764,7 @@ class Engine:
             s.rip += ins.len
             return self._raise(Event(Vector.DB, None, InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION), ins.len)
         if mnemonic == _M.RDPMC:
-            if s.cpl > 0 and not s.cr4 & _CR4_PCE:  # a privilege fault, before the exit (§26.1.1)
+            if s.cpl > 0 and not s.cr4 & CR4_PCE:  # a privilege fault, before the exit (§26.1.1)
                 return self._exception(Vector.GP, 0)
             if self.cpu.current.fields[F.CPU_BASED_VM_EXEC_CONTROL] & P.RDPMC_EXITING:
                 return self._exit(ExitReason.RDPMC, length=ins.len)
@@ -764,8 +793,9 @@ class Engine:
             return self._io_instruction(ins)
         if ins.mnemonic in (_M.RDTSC, _M.RDTSCP):
             return self._rdtsc(ins, f)
-        if ins.mnemonic == _M.STI or _mov_to_ss(ins):  # seen before they run: the blocking they start
-            self.blocking_by = (rip, 2) if _mov_to_ss(ins) else (rip, 1) if not s.rflags & RFLAGS_IF else None
+        mov_ss = _mov_to_ss(ins)
+        if ins.mnemonic == _M.STI or mov_ss:  # seen before they run: the blocking they start
+            self.blocking_by = (rip, 2) if mov_ss else (rip, 1) if not s.rflags & RFLAGS_IF else None
             self.skip_special = rip
             return None
         if ins.mnemonic == _M.LTR:  # QEMU loads a null selector; the SDM makes it #GP(0) (LTR, Vol. 2A)
@@ -788,7 +818,7 @@ class Engine:
         KVM's emulator (em_lgdt_lidt) raise #GP(0) with nothing loaded.  The other checks and the
         operand's own faults are QEMU's: it executes the instruction (conformance/gp_faults.c)."""
         s = self.cpu.state
-        if s.in_64bit_mode and s.cpl == 0 and ins.op0_kind == iced_x86.OpKind.MEMORY:
+        if s.in_64bit_mode and ins.op0_kind == iced_x86.OpKind.MEMORY:  # CPL 0: see _special_instruction
             try:
                 base = int.from_bytes(self.guest_memory().read(self._memory_operand_address(ins) + 2, 8), "little")
             except (X86Exception, ept_mod.EptFault):
@@ -848,10 +878,8 @@ class Engine:
             if (source ^ shadow) & mask & 0xE or (mask & 1 and source & 1 and not shadow & 1):
                 memory = ins.op0_kind == iced_x86.OpKind.MEMORY
                 info = {}
-                if memory:  # the operand's linear address (SDM §28.2.1), 32 bits outside 64-bit mode
-                    info["guest_linear_address"] = self._memory_operand_address(ins) & (
-                        0xFFFF_FFFF_FFFF_FFFF if s.in_64bit_mode else 0xFFFF_FFFF
-                    )
+                if memory:  # the operand's linear address (SDM §28.2.1)
+                    info["guest_linear_address"] = self._memory_operand_address(ins)
                 return self._exit(
                     ExitReason.CR_ACCESS, length=length, qualification=3 << 4 | int(memory) << 6 | source << 16, **info
                 )
@@ -916,21 +944,7 @@ class Engine:
         return int.from_bytes(self.guest_memory().read(self._memory_operand_address(ins), 2), "little")
 
     def _memory_operand_address(self, ins) -> int:
-        """The linear address of the instruction's memory operand, with the segment bases of 64-bit
-        mode (only FS and GS have one)."""
-        s = self.cpu.state
-        if ins.is_ip_rel_memory_operand:
-            address = ins.ip_rel_memory_address
-        else:
-            address = ins.memory_displacement
-            for reg, scale in ((ins.memory_base, 1), (ins.memory_index, ins.memory_index_scale)):
-                if reg in _ICED_GPR64:
-                    address += s.gpr[_ICED_GPR64.index(reg)] * scale
-                elif reg in _ICED_GPR32:  # 32-bit addressing (address-size prefix)
-                    address = (address + (s.gpr[_ICED_GPR32.index(reg)] & 0xFFFF_FFFF) * scale) & 0xFFFF_FFFF
-        if ins.memory_segment in _FS_GS:
-            address += s.segs[Seg.FS if ins.memory_segment == iced_x86.Register.FS else Seg.GS].base
-        return address & 0xFFFF_FFFF_FFFF_FFFF
+        return _memory_operand(ins).linear_address(self.cpu.state, ins.len)
 
     # Exceptions (SDM §26.2 exception bitmap; §27.6 / Vol. 3A §6.14 delivery)
     def _exception(

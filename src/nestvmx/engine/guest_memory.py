@@ -10,13 +10,11 @@ from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, EptMappi
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.exceptions import Vector, X86Exception
 from nestvmx.hw.memory import PhysicalMemory
-from nestvmx.hw.state import CR0_PG, CpuState
+from nestvmx.hw.state import CR0_PG, CR4_SMEP, EFER_NXE, CpuState
 
 _P, _RW, _US, _PS, _NX = 1, 2, 4, 1 << 7, 1 << 63
 _ADDR = 0x000F_FFFF_FFFF_F000
 _CR0_WP = 1 << 16
-_EFER_NXE = 1 << 11
-_CR4_SMEP = 1 << 20
 
 
 class GuestMemory:
@@ -69,7 +67,7 @@ class GuestMemory:
                 self._page_fault(linear, write, user, fetch, present=False)
             writable &= bool(entry & _RW)
             user_ok &= bool(entry & _US)
-            nx |= bool(entry & _NX) and bool(s.efer & _EFER_NXE)
+            nx |= bool(entry & _NX) and bool(s.efer & EFER_NXE)
             if shift == 12 or (level in (1, 2) and entry & _PS):
                 if (write and not writable and (user or s.cr0 & _CR0_WP)) or (user and not user_ok) or (fetch and nx):
                     self._page_fault(linear, write, user, fetch, present=True)
@@ -84,7 +82,7 @@ class GuestMemory:
     def _fetch_bit(self, fetch: bool) -> int:
         """The error code's I/D flag: an instruction fetch, reported only with IA32_EFER.NXE (in
         4-level paging) or CR4.SMEP (SDM Vol. 3A §4.7)."""
-        return int(fetch and bool(self.state.efer & _EFER_NXE or self.state.cr4 & _CR4_SMEP)) << 4
+        return int(fetch and bool(self.state.efer & EFER_NXE or self.state.cr4 & CR4_SMEP)) << 4
 
     def _pieces(self, linear: int, size: int, write: bool, fetch: bool = False) -> list[tuple[int, int]]:
         pieces = []

@@ -1,11 +1,11 @@
 /* Callbacks Unicorn runs inside emu_start for the execution engine (engine.py), built once with the
    machine's gcc by native.py.  Each one saves a round trip through a Python hook:
-   - nestvmx_count_insn counts instructions (~12 ns against ~500 ns), keeps the last two started
+   - nestvmx_count_insn counts instructions (~15 ns against ~500 ns), keeps the last two started
      and RFLAGS as the last started, and stops the emulation when the count reaches `limit` (the
      host timer; 0 = never);
    - nestvmx_shadow_vmx serves register-form VMREAD/VMWRITE of non-root operation from the shadow
-     VMCS (SDM 26.10) when the processor model would; any other case, and any doubt, goes to the
-     Python path (LogicalProcessor.execute), which stops the guest first.  */
+     VMCS (SDM 26.10) when the processor model would; any other case, and any doubt, calls the
+     engine back to stop the guest there, and LogicalProcessor.execute runs the instruction.  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdbool.h>

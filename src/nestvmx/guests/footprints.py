@@ -23,9 +23,9 @@ from nestvmx.arch.msr import Msr
 class Footprint:
     name: str
     description: str
-    common_reads: tuple[F, ...]  # on every exit, before the exit reason is known (VM_EXIT_REASON among them)
-    reads: dict[R, tuple[F, ...]] = field(default_factory=dict)  # then, per exit reason
-    writes: dict[R, tuple[F, ...]] = field(default_factory=dict)  # before the next entry, per exit reason
+    common_reads: tuple[int, ...]  # on every exit, before the exit reason is known (VM_EXIT_REASON among them)
+    reads: dict[R, tuple[int, ...]] = field(default_factory=dict)  # then, per exit reason
+    writes: dict[R, tuple[int, ...]] = field(default_factory=dict)  # before the next entry, per exit reason
     msr_reads: tuple[int, ...] = ()  # RDMSRs before every entry, after the writes
 
 
@@ -118,7 +118,7 @@ DEFAULT_FOOTPRINT = "kvm"
 def c_header(fp: Footprint) -> str:
     """The footprint as C tables for the minivisor (fields by exit reason)."""
 
-    def row(fields: tuple[F, ...]) -> str:
+    def row(fields: tuple[int, ...]) -> str:
         return "{" + ", ".join(f"{int(f):#06x}" for f in fields) + "}"
 
     lines = [

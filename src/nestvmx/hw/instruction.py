@@ -11,7 +11,8 @@ import enum
 from dataclasses import dataclass
 
 from nestvmx.arch.exit_reasons import ExitReason
-from nestvmx.hw.state import Seg
+from nestvmx.hw.exceptions import Vector, X86Exception
+from nestvmx.hw.state import CpuState, Seg, canonical
 
 
 class VmxOp(enum.Enum):
@@ -51,6 +52,27 @@ class MemOperand:
     displacement: int = 0  # sign-extended
     address_size: int = 64  # 16, 32 or 64
     rip_relative: bool = False
+
+    def linear_address(self, s: CpuState, instruction_length: int) -> int:
+        """Effective address + segment base, with the 64-bit canonical check (SDM Vol. 1 §3.7.5)."""
+        address = self.displacement
+        if self.base is not None:
+            address += s.gpr[self.base]
+        if self.index is not None:
+            address += s.gpr[self.index] << self.scale
+        if self.rip_relative:
+            address += s.rip + instruction_length
+        address &= (1 << self.address_size) - 1
+        if s.in_64bit_mode:
+            if self.segment in (Seg.FS, Seg.GS):
+                address = (address + s.segs[self.segment].base) & 0xFFFF_FFFF_FFFF_FFFF
+            if not canonical(address):
+                raise X86Exception(Vector.SS if self.segment == Seg.SS else Vector.GP, 0)
+            return address
+        seg = s.segs[self.segment]
+        if seg.unusable:
+            raise X86Exception(Vector.SS if self.segment == Seg.SS else Vector.GP, 0)
+        return (seg.base + address) & 0xFFFF_FFFF
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ from nestvmx.hw.state import (
     RFLAGS_VM,
     RFLAGS_ZF,
     CpuState,
-    Seg,
     canonical,
 )
 from nestvmx.hw.vmcs import (
@@ -455,7 +454,7 @@ class LogicalProcessor:
         if instr.op in (VmxOp.VMCLEAR, VmxOp.VMPTRLD, VmxOp.VMPTRST, VmxOp.INVEPT, VmxOp.INVVPID) and instr.mem is None:
             raise X86Exception(Vector.UD)
         if self.non_root:
-            if self.shadow_access(instr, memory):
+            if self._shadow_access(instr, memory):
                 return None
             if instr.op is not VmxOp.VMCALL:
                 self._ud_unless_vmx_capable_mode()
@@ -521,10 +520,10 @@ class LogicalProcessor:
             self.model.msrs.get(Msr.IA32_VMX_EPT_VPID_CAP, 0) & VPID_CAP_INVVPID
         )
 
-    def shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> bool:
-        """Execute a VMREAD/VMWRITE of non-root operation if the shadow VMCS serves it (SDM §26.1.3,
-        §26.10): True, as execute() does; False, with no effect, if it exits.  Raises as execute() does."""
-        if not self.non_root or instr.op not in _VMREAD_VMWRITE:
+    def _shadow_access(self, instr: VmxInstruction, memory: LinearMemory) -> bool:
+        """A VMREAD/VMWRITE of non-root operation served from the shadow VMCS (SDM §26.1.3, §26.10):
+        True once done; False, with no effect, if the instruction exits."""
+        if instr.op not in _VMREAD_VMWRITE:
             return False
         s = self.state
         f = self.active_vmcs[self.current_vmcs].fields
@@ -534,14 +533,18 @@ class LogicalProcessor:
         self._ud_unless_vmx_capable_mode()
         if s.cpl > 0:
             raise X86Exception(Vector.GP, 0)
-        link = f[F.VMCS_LINK_POINTER]
-        shadow = self.active_vmcs.get(link) if link != INVALID_POINTER else None
+        shadow = self._shadow_vmcs(f)
         if instr.op is VmxOp.VMREAD:
             self._vmread_instr(shadow, instr, memory, op64, shadow=True)
         else:
             self._vmwrite_instr(shadow, instr, memory, op64, shadow=True)
         s.rip += instr.length
         return True
+
+    def _shadow_vmcs(self, f: dict[int, int]) -> VmcsData | None:
+        """The active VMCS the link pointer of `f` references, if any."""
+        link = f[F.VMCS_LINK_POINTER]
+        return self.active_vmcs.get(link) if link != INVALID_POINTER else None
 
     def shadow_vmcs_in_use(self) -> tuple[VmcsData, int, int] | None:
         """For an engine serving non-root VMREAD/VMWRITE without calling execute(): the shadow VMCS
@@ -550,8 +553,7 @@ class LogicalProcessor:
         if not self.non_root:
             return None
         f = self.active_vmcs[self.current_vmcs].fields
-        link = f[F.VMCS_LINK_POINTER]
-        shadow = self.active_vmcs.get(link) if link != INVALID_POINTER else None
+        shadow = self._shadow_vmcs(f)
         if shadow is None or not self._shadowing_enabled(f) or self.state.cpl > 0:
             return None
         try:
@@ -606,27 +608,8 @@ class LogicalProcessor:
         self.state.gpr[number or 0] = value if op64 else value & 0xFFFF_FFFF
 
     def _linear_address(self, mem: MemOperand | None, length: int) -> int:
-        """Effective address + segment base, with the 64-bit canonical check (SDM Vol. 1 §3.7.5)."""
         assert mem is not None
-        s = self.state
-        address = mem.displacement
-        if mem.base is not None:
-            address += s.gpr[mem.base]
-        if mem.index is not None:
-            address += s.gpr[mem.index] << mem.scale
-        if mem.rip_relative:
-            address += s.rip + length
-        address &= (1 << mem.address_size) - 1
-        if s.in_64bit_mode:
-            if mem.segment in (Seg.FS, Seg.GS):
-                address = (address + s.segs[mem.segment].base) & 0xFFFF_FFFF_FFFF_FFFF
-            if not canonical(address):
-                raise X86Exception(Vector.SS if mem.segment == Seg.SS else Vector.GP, 0)
-            return address
-        seg = s.segs[mem.segment]
-        if seg.unusable:
-            raise X86Exception(Vector.SS if mem.segment == Seg.SS else Vector.GP, 0)
-        return (seg.base + address) & 0xFFFF_FFFF
+        return mem.linear_address(self.state, length)
 
     def _read_operand(self, instr: VmxInstruction, memory: LinearMemory, size: int) -> int:
         data = memory.read(self._linear_address(instr.mem, instr.length), size)

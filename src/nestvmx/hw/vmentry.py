@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 
 from nestvmx.arch.controls import (
+    INSTRUCTION_EVENT_TYPES,
     INTR_INFO_DELIVER_ERROR_CODE,
     INTR_INFO_VALID,
     ControlKind,
@@ -245,11 +246,7 @@ def _check_event_injection(model: CpuModel, f: Fields, primary: int, secondary: 
         return "injected event reserved bits"
     if info & INTR_INFO_DELIVER_ERROR_CODE and f[F.VM_ENTRY_EXCEPTION_ERROR_CODE] & 0xFFFF_0000:
         return "injected error code bits 31:16"
-    if kind in (
-        InterruptionType.SOFTWARE_INTERRUPT,
-        InterruptionType.PRIVILEGED_SOFTWARE_EXCEPTION,
-        InterruptionType.SOFTWARE_EXCEPTION,
-    ):
+    if kind in INSTRUCTION_EVENT_TYPES:
         length = f[F.VM_ENTRY_INSTRUCTION_LEN]
         zero_ok = model.msrs[Msr.IA32_VMX_MISC] & VMX_MISC_ZERO_LEN_INJECTION
         if not (1 <= length <= 15 or (length == 0 and zero_ok)):
@@ -470,8 +467,8 @@ class EntryChecks:
         rather than exactly the model's (a VMCS of this processor)."""
         self.model = model
         fields = VMCS_FIELDS if catalogue else model.fields.values()
-        self.fields = tuple(field.encoding for field in fields if field.type is not FieldType.READ_ONLY)
-        self._key_values = operator.itemgetter(*self.fields)  # every one is there (see `catalogue`)
+        # Every one is in the VMCS (see `catalogue`): one itemgetter reads them all.
+        self._key_values = operator.itemgetter(*(f.encoding for f in fields if f.type is not FieldType.READ_ONLY))
         self.results: dict[tuple, tuple[str, object] | None] = {}
 
     def first_failure(
@@ -480,7 +477,7 @@ class EntryChecks:
         """("controls", rule), ("host", rule), ("guest", (rule, exit qualification)) or None."""
         if _reads_other_memory(f):
             return self._evaluate(f, memory, current_vmcs, root)
-        link = f.get(F.VMCS_LINK_POINTER, INVALID_POINTER)
+        link = f[F.VMCS_LINK_POINTER]
         linked = read_revision(memory, link) if link != INVALID_POINTER and _addr_ok(self.model, link) else None
         key = (self._key_values(f), current_vmcs, root.efer & EFER_LMA, linked)
         if key in self.results:

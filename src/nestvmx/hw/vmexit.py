@@ -74,6 +74,15 @@ class VmExit:
         return f"{name}{failed} qual={self.qualification:#x} len={self.instruction_length}"
 
 
+# Guest fields a VM exit saves only under their VM-exit control (SDM §28.3.1), with the CpuState
+# attribute each comes from.
+SAVED_UNDER_EXIT_CONTROL = (
+    (ExitCtls.SAVE_DEBUG_CONTROLS, ((F.GUEST_DR7, "dr7"), (F.GUEST_IA32_DEBUGCTL, "debugctl"))),
+    (ExitCtls.SAVE_PAT, ((F.GUEST_IA32_PAT, "pat"),)),
+    (ExitCtls.SAVE_EFER, ((F.GUEST_IA32_EFER, "efer"),)),
+)
+
+
 def write_exit_information(fields: dict[int, int], exit: VmExit) -> None:
     """SDM §28.2: record the exit information fields."""
     fields[F.VM_EXIT_REASON] = exit.reason
@@ -109,13 +118,10 @@ def save_guest_state(fields: dict[int, int], s: CpuState) -> None:
     fields[F.GUEST_SYSENTER_ESP] = s.sysenter_esp
     fields[F.GUEST_SYSENTER_EIP] = s.sysenter_eip
     exit_ctls = fields[F.VM_EXIT_CONTROLS]
-    if exit_ctls & ExitCtls.SAVE_DEBUG_CONTROLS:
-        fields[F.GUEST_DR7] = s.dr7
-        fields[F.GUEST_IA32_DEBUGCTL] = s.debugctl
-    if exit_ctls & ExitCtls.SAVE_PAT:
-        fields[F.GUEST_IA32_PAT] = s.pat
-    if exit_ctls & ExitCtls.SAVE_EFER:
-        fields[F.GUEST_IA32_EFER] = s.efer
+    for control, saved in SAVED_UNDER_EXIT_CONTROL:
+        if exit_ctls & control:
+            for field, attribute in saved:
+                fields[field] = getattr(s, attribute)
     fields[F.GUEST_ACTIVITY_STATE] = s.activity_state
     fields[F.GUEST_INTERRUPTIBILITY_INFO] = s.interruptibility
     fields[F.GUEST_PENDING_DBG_EXCEPTIONS] = s.pending_dbg_exceptions

@@ -12,7 +12,6 @@ _LEAF1_ECX = (1 << 0) | (1 << 5) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) 
 _LEAF1_EDX = 0x0789FBFF & ~(1 << 9)  # FPU..SSE2 without the on-chip APIC, which this platform does not have
 _EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 29)  # SYSCALL, NX, LM
 _LEAF1_HTT = 1 << 28
-CPUID_FEATURE_VMX = 1 << 5
 # CR4 bits and the leaf-1 feature each needs (KVM's __cr4_reserved_bits): VME and PVI (VME), TSD
 # (TSC), DE, PSE, PAE, MCE, PGE, OSFXSR (FXSR), OSXMMEXCPT (SSE) in EDX, VMXE (VMX) in ECX; PCE needs none.
 _CR4_FEATURES = {

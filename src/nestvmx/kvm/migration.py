@@ -2,9 +2,10 @@
 VCPU_EVENTS and NESTED_STATE).
 
 Nothing processor-specific is in it: L1's VMCS-held state is a list of named fields, L0's nested
-state is KVM's (VMXON pointer, current vmcs12 pointer, guest mode, nested_run_pending) plus the
-current vmcs12 in its software format. vmcs01, vmcs02 and the shadow VMCS are rebuilt on the
-restoring processor, whatever its VMCS layout or shadowing support.
+state is KVM's (VMXON pointer, current vmcs12 pointer, guest mode, nested_run_pending), in guest
+mode L2's guest state as vmcs02 holds it (named fields too), plus the current vmcs12 in its
+software format. vmcs01, vmcs02 and the shadow VMCS are rebuilt on the restoring processor,
+whatever its VMCS layout or shadowing support.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from typing import Any
 from nestvmx.arch.fields import FIELD_BY_ENCODING, FIELD_BY_NAME
 from nestvmx.arch.fields import Field as F
 from nestvmx.hw.vmcs import INVALID_POINTER
-from nestvmx.kvm.nested import GUEST_STATE_FIELDS
+from nestvmx.kvm.nested import GUEST_STATE_AND_READ_SHADOWS, GUEST_STATE_FIELDS
 from nestvmx.kvm.vm import Kvm
 from nestvmx.kvm.vmcs12 import REVISION_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
 from nestvmx.kvm.vmx import VmxVcpu
 
-# L1's VMCS-held state: the guest area of vmcs01 and the CR read shadows (CR0/CR4 as L1 wrote them).
-VMCS01_STATE_FIELDS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
 # KVM_GET_VCPU_EVENTS: an event L0 queued for the next VM entry of the running level.
 EVENT_FIELDS = (F.VM_ENTRY_INTR_INFO_FIELD, F.VM_ENTRY_EXCEPTION_ERROR_CODE, F.VM_ENTRY_INSTRUCTION_LEN)
 
@@ -41,15 +40,14 @@ def get_vcpu_state(vcpu: VmxVcpu) -> tuple[dict[str, Any], bytes | None]:
         elif nested.shadow_vmcs is not None and not nested.sync_shadow_vmcs:
             nested.copy_shadow_to_vmcs12()  # L1's exit-less VMWRITEs (the lost-VMWRITE bug otherwise)
         vmcs12_blob = nested.vmcs12.to_bytes()
-    events = {
-        FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in EVENT_FIELDS
-    }  # of the current VMCS: vmcs02 in guest mode
+    # Of the current VMCS: vmcs02 in guest mode.
+    events = {FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in EVENT_FIELDS}
     # L2's state as vmcs02 holds it: vmcs12 lacks what the VM-entry MSR-load area or L0 put there and
     # what the exit controls do not save (KVM migrates it as the vCPU's registers and MSRs).
     vmcs02 = {FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in GUEST_STATE_FIELDS} if nested.guest_mode else None
     if nested.guest_mode:
         nested.load_vmcs(vcpu.vmcs01)
-    vmcs01 = {FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in VMCS01_STATE_FIELDS}
+    vmcs01 = {FIELD_BY_ENCODING[f].name: vcpu.vmread(f) for f in GUEST_STATE_AND_READ_SHADOWS}
     if nested.guest_mode:
         nested.load_vmcs(nested.vmcs02)
     state = {
@@ -93,7 +91,7 @@ def set_vcpu_state(vcpu: VmxVcpu, state: dict[str, Any], vmcs12_blob: bytes | No
         raise MigrationError(f"malformed vCPU state: mp_state {mp_state!r}")
     vcpu.halted = mp_state == "halted"
     vcpu.engine.tsc_base = tsc - vcpu.engine.executed
-    _write_fields(vcpu, vmcs01, VMCS01_STATE_FIELDS, "vmcs01")
+    _write_fields(vcpu, vmcs01, GUEST_STATE_AND_READ_SHADOWS, "vmcs01")
     vcpu.regs, vcpu.cr2, vcpu.guest_msrs = loaded_regs, loaded_cr2, loaded_msrs
     nested = vcpu.nested
 

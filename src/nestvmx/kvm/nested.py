@@ -41,7 +41,7 @@ from nestvmx.hw.state import (
     canonical,
 )
 from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR
-from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit, load_cr0
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, SAVED_UNDER_EXIT_CONTROL, VmExit, load_cr0
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import ABORT_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
@@ -50,7 +50,8 @@ from nestvmx.kvm.vmcs_shadow_fields import SHADOW_FIELD_LISTS
 if TYPE_CHECKING:
     from nestvmx.kvm.vmx import RunEnd, VmxVcpu
 
-# Guest-state fields copied from vmcs12 into vmcs02 on entry and back on a nested exit.
+# Guest-state fields copied from vmcs12 into vmcs02 on entry and back on a nested exit (but those
+# the exit controls do not save: SAVED_UNDER_EXIT_CONTROL).
 GUEST_STATE_FIELDS = tuple(
     f.encoding
     for f in VMCS_FIELDS
@@ -115,14 +116,9 @@ _L1_STATE_FIELDS = (
     F.GUEST_FS_BASE,
     F.GUEST_GS_BASE,
 )
-# Guest fields a VM exit saves only under their VM-exit control (SDM §28.3.1).
-_SAVED_UNDER = (
-    (ExitCtls.SAVE_DEBUG_CONTROLS, (F.GUEST_DR7, F.GUEST_IA32_DEBUGCTL)),
-    (ExitCtls.SAVE_PAT, (F.GUEST_IA32_PAT,)),
-    (ExitCtls.SAVE_EFER, (F.GUEST_IA32_EFER,)),
-)
-# What sync_vmcs02_to_vmcs12 reads from vmcs02: L2's state, and the read shadows for CR bits only L0 owns.
-_SYNC_FIELDS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
+# A VMCS's guest state and CR read shadows: L2's state as sync_vmcs02_to_vmcs12 reads it from vmcs02
+# (the shadows hold the CR bits only L0 owns), and L1's as migration saves it from vmcs01.
+GUEST_STATE_AND_READ_SHADOWS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
 
@@ -159,6 +155,7 @@ class NestedVmx:
             f for f in (*read_only, *read_write) if f in vcpu.model.fields and f in self.model.fields
         ]  # dropped where L1 or the CPU lacks them
         self.shadow_read_write = [f for f in usable if f in read_write]
+        self.shadow_read_write_fields = [self.model.fields[f] for f in self.shadow_read_write]
         self.shadow_read_only = frozenset(f for f in usable if f not in read_write)
         self.shadow_fields = usable
 
@@ -215,9 +212,9 @@ class NestedVmx:
         """The read-write fields L1 may have changed without exits, back into vmcs12."""
         v, vmcs12 = self.vcpu, self.vmcs12
         self.load_vmcs(self.shadow_vmcs)
-        fields, full = self.model.fields, Access.FULL
-        for field, value in zip(self.shadow_read_write, v.vmread_many(self.shadow_read_write), strict=True):
-            vmcs12.write(fields[field], full, value)  # the one write path
+        full = Access.FULL
+        for field, value in zip(self.shadow_read_write_fields, v.vmread_many(self.shadow_read_write), strict=True):
+            vmcs12.write(field, full, value)  # the one write path
         self.load_vmcs(v.vmcs01)
         v.stats.copies_from_shadow += 1
         v.stats.fields_copied += len(self.shadow_read_write)
@@ -546,7 +543,7 @@ class NestedVmx:
 
     def _invalidation_type(self) -> int:
         """INVEPT/INVVPID's register operand: 64 bits in 64-bit mode (CS.L), else 32 (kvm_register_read)."""
-        value = self._reg((self.vcpu.vmread(F.VMX_INSTRUCTION_INFO) >> 28) & 0xF)
+        value = self._field_operand()
         return value if self.vcpu.vmread(F.GUEST_CS_AR_BYTES) & AR_L else value & 0xFFFF_FFFF
 
     def handle_invvpid(self) -> RunEnd | None:
@@ -962,11 +959,16 @@ class NestedVmx:
         guest state as vmcs02 holds it."""
         v, vmcs12 = self.vcpu, self.vmcs12
         f = vmcs12.fields
-        *values, cr0_shadow, cr4_shadow = v.vmread_many(_SYNC_FIELDS)
+        *values, cr0_shadow, cr4_shadow = v.vmread_many(GUEST_STATE_AND_READ_SHADOWS)
         l2 = dict(zip(GUEST_STATE_FIELDS, values, strict=True))
         self.vmcs02_values.update(l2)
         exit_ctls = f[F.VM_EXIT_CONTROLS]
-        unsaved = {field: f[field] for control, fields in _SAVED_UNDER if not exit_ctls & control for field in fields}
+        unsaved = {
+            field: f[field]
+            for control, saved in SAVED_UNDER_EXIT_CONTROL
+            if not exit_ctls & control
+            for field, _ in saved
+        }
         f.update(l2)
         f.update(unsaved)  # as L1 wrote them
         for cr, mask_f, shadow in (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from nestvmx.arch.fields import Field as F
 
-SHADOW_READ_ONLY_FIELDS: tuple[F, ...] = (
+SHADOW_READ_ONLY_FIELDS: tuple[int, ...] = (
     F.VM_EXIT_REASON,
     F.VM_EXIT_INTR_INFO,
     F.VM_EXIT_INSTRUCTION_LEN,
@@ -30,7 +30,7 @@ SHADOW_READ_ONLY_FIELDS: tuple[F, ...] = (
     F.GUEST_PHYSICAL_ADDRESS,
 )
 
-SHADOW_READ_WRITE_FIELDS: tuple[F, ...] = (
+SHADOW_READ_WRITE_FIELDS: tuple[int, ...] = (
     F.GUEST_INTR_STATUS,
     F.GUEST_PML_INDEX,
     F.HOST_FS_SELECTOR,
@@ -62,11 +62,11 @@ SHADOW_READ_WRITE_FIELDS: tuple[F, ...] = (
 # base and TSC_OFFSET shadowed but not GUEST_SS_AR_BYTES, GUEST_INTR_STATUS or the PIN-based
 # controls.  Read in duzhen16/linux-4.10 (Makefile 4.10.0).  Its read-only list is today's without
 # the CS and SS access rights, in the same order.
-SHADOW_READ_ONLY_FIELDS_4_10: tuple[F, ...] = tuple(
+SHADOW_READ_ONLY_FIELDS_4_10: tuple[int, ...] = tuple(
     f for f in SHADOW_READ_ONLY_FIELDS if f not in (F.GUEST_CS_AR_BYTES, F.GUEST_SS_AR_BYTES)
 )
 
-SHADOW_READ_WRITE_FIELDS_4_10: tuple[F, ...] = (
+SHADOW_READ_WRITE_FIELDS_4_10: tuple[int, ...] = (
     F.TPR_THRESHOLD,
     F.GUEST_RIP,
     F.GUEST_RSP,
@@ -98,7 +98,7 @@ SHADOW_READ_WRITE_FIELDS_4_10: tuple[F, ...] = (
 
 # L0's lists by KVM version: (read-only, read-write).
 DEFAULT_SHADOW_FIELDS = "current"
-SHADOW_FIELD_LISTS: dict[str, tuple[tuple[F, ...], tuple[F, ...]]] = {
+SHADOW_FIELD_LISTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "current": (SHADOW_READ_ONLY_FIELDS, SHADOW_READ_WRITE_FIELDS),
     "linux-4.10": (SHADOW_READ_ONLY_FIELDS_4_10, SHADOW_READ_WRITE_FIELDS_4_10),
 }

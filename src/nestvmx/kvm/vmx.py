@@ -18,7 +18,6 @@ from nestvmx.arch.controls import (
     ControlKind,
     EntryCtls,
     ExitCtls,
-    InterruptionType,
     PinBased,
     PrimaryCtls,
     SecondaryCtls,
@@ -27,8 +26,9 @@ from nestvmx.arch.exit_reasons import ExitReason, exit_reason_name
 from nestvmx.arch.fields import FIELD_BY_ENCODING
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_VMXON_OUTSIDE_SMX, Msr
+from nestvmx.engine.delivery import Event, TripleFault, escalate
 from nestvmx.engine.engine import Engine, EngineError
-from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, double_fault_class
+from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector
 from nestvmx.hw.processor import VM_SUCCEED, LogicalProcessor
 from nestvmx.hw.state import AR_L, CR0_CD, CR0_NE, CR0_NW, CR0_PE, CR0_PG, CR4_PAE, CR4_VMXE, CpuState
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, VmExit
@@ -282,11 +282,12 @@ class VmxVcpu:
             error_code = self.vmread(F.IDT_VECTORING_ERROR_CODE) if vectoring & INTR_INFO_DELIVER_ERROR_CODE else 0
             software = (vectoring >> 8) & 7 in INSTRUCTION_EVENT_TYPES
             length = self.vmread(F.VM_EXIT_INSTRUCTION_LEN) if software else 0
-            self.requeued = (vectoring & (INTR_INFO_VALID | 0xFFF), error_code, length)  # bit 12 is undefined here
+            self.requeued = (vectoring, error_code, length)
 
     def inject_event(self, info: int, error_code: int, length: int) -> None:
-        """Event injection at the next VM entry (SDM §27.6): interruption info, error code, length."""
-        values = {F.VM_ENTRY_INTR_INFO_FIELD: info}
+        """Event injection at the next VM entry (SDM §27.6): interruption info (bit 12, undefined in
+        exit information, cleared), error code, length."""
+        values = {F.VM_ENTRY_INTR_INFO_FIELD: info & ~(1 << 12)}
         if info & INTR_INFO_DELIVER_ERROR_CODE:
             values[F.VM_ENTRY_EXCEPTION_ERROR_CODE] = error_code
         if (info >> 8) & 7 in INSTRUCTION_EVENT_TYPES:
@@ -312,19 +313,15 @@ class VmxVcpu:
         may intercept it.  The platform has no IDT at entry: an exception before L1 loads one ends
         the run (L2's go through L2's IDT, or to L1)."""
         previous, self.requeued = self.requeued, None
-        if (
-            previous is not None
-            and not self.nested.guest_mode
-            and previous[0] >> 8 & 7 == InterruptionType.HARDWARE_EXCEPTION
-        ):
+        event = Event(vector, error_code)
+        if previous is not None and not self.nested.guest_mode:
             # The exit interrupted the delivery of `previous` (KVM's kvm_multiple_exception).
-            if previous[0] & 0xFF == Vector.DF:
+            try:
+                event = escalate(Event(previous[0] & 0xFF, kind=previous[0] >> 8 & 7), event)
+            except TripleFault:
                 return self.handle_triple_fault()
-            if double_fault_class(previous[0] & 0xFF, vector):
-                vector, error_code = Vector.DF, 0
-        info = vector | InterruptionType.HARDWARE_EXCEPTION << 8 | INTR_INFO_VALID
-        if error_code is not None:
-            info |= INTR_INFO_DELIVER_ERROR_CODE
+            vector, error_code = event.vector, event.error_code
+        info = event.info
         if self.nested.guest_mode:
             if self.nested.exception_wanted(vector, error_code or 0):  # KVM's nested_vmx_check_exception
                 return self.nested.nested_vmx_vmexit(
@@ -352,7 +349,7 @@ class VmxVcpu:
             self.cr2 = self.vmread(F.EXIT_QUALIFICATION)
         kind = (info >> 8) & 7
         if kind in INSTRUCTION_EVENT_TYPES:  # INT3, INT1: delivered again past the instruction
-            self.inject_event(info & ~(1 << 12), 0, self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
+            self.inject_event(info, 0, self.vmread(F.VM_EXIT_INSTRUCTION_LEN))
             return None
         return self.queue_exception(vector, error_code if vector in ERROR_CODE_VECTORS else None)
 
