@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fuzz_campaign import RANDOM_L2, SCRIPT, random_l2_code, random_ops, script_blob
+from fuzz_campaign import MAX_EXITS, RANDOM_L2, RUN_SECONDS, SCRIPT, random_l2_code, random_ops, script_blob
 
 from nestvmx.api import Host
 from nestvmx.guests.build import build_guest
@@ -97,7 +97,7 @@ def main() -> None:
             ).stdout
             vm = Host(args.cpu).create_vm(memory_mib=32)
             vm.load(elf)
-            result = vm.run(max_exits=20_000, timeout=20)
+            result = vm.run(max_exits=MAX_EXITS, timeout=RUN_SECONDS)
             theirs, ours = comparable(args.kind, bochs), comparable(args.kind, result.console)
             if theirs == ours:
                 same += 1

@@ -7,8 +7,7 @@
 
 #include "tap.h"
 
-#define VMX_FLAGS 0x8d5ull
-static int fail_valid(u64 flags, u64 error) { return flags == 0x40 && vmr(VM_INSTRUCTION_ERROR) == error; }
+static int fail_valid(u64 flags, u64 error) { return flags == VMX_ZF && vmr(VM_INSTRUCTION_ERROR) == error; }
 
 int main(void) {
     ok(l1_start() == 0, "VMXON, VMCLEAR and VMPTRLD");

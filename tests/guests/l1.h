@@ -31,4 +31,31 @@ static __attribute__((unused)) u64 l1_stop(void) {
     u64 pa = (u64)vmcs;
     return vmclear(&pa) | vmxoff();
 }
+
+/* vmx_run() of `vmcs` with `g`: VMLAUNCH the first time, VMRESUME after. */
+static __attribute__((unused)) u64 l2_run(void) {
+    static int launched;
+    u64 r = vmx_run(!launched, &g);
+    launched = 1;
+    return r;
+}
+
+/* An L2 in a 2 MiB sandbox, L1's 16-18 MiB, zeroed: its guest-physical 0-2 MiB by an EPT of one
+ * 2 MiB page, its own page tables at 0x1000 (linear = guest-physical), a copy of L1's GDT at
+ * 0x4000 and its stack below 0x1f0000; the VMCS set up for code at `rip` with `primary`. */
+#define SANDBOX (16ull << 20)
+static __attribute__((unused)) void l2_sandbox(u32 primary, u64 rip) {
+    u64 *sandbox = (u64 *)SANDBOX;
+    for (u64 i = 0; i < (2 << 20) / 8; i++) sandbox[i] = 0;
+    sandbox[0x1000 / 8] = 0x2000 | 3;
+    sandbox[0x2000 / 8] = 0x3000 | 3;
+    sandbox[0x3000 / 8] = 0x83;
+    for (int i = 0; i < 5; i++) sandbox[0x4000 / 8 + i] = vmx_gdt[i];
+    ept_pml4[0] = (u64)ept_pdpt | 7;
+    ept_pdpt[0] = (u64)ept_pd | 7;
+    ept_pd[0] = SANDBOX | 1 << 7 | 6 << 3 | 7;
+    vmx_setup_vmcs(primary, (u64)ept_pml4 | 3 << 3 | 6, 0, (void *)rip, (void *)0x1f0000);
+    vmw(GUEST_CR3, 0x1000);
+    vmw(GUEST_GDTR_BASE, 0x4000);
+}
 #endif

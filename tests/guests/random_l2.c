@@ -6,7 +6,6 @@
  * exits reported, so that runs can be compared. */
 #include "l1.h"
 
-#define SANDBOX (16ull << 20)
 #define CODE 0x10000ull
 #define BLOB 0x800000ull
 
@@ -24,29 +23,18 @@ static int skipped(u64 reason) {
 
 int main(void) {
     must(l1_start(), "VMXON, VMCLEAR or VMPTRLD failed");
-    u64 *sandbox = (u64 *)SANDBOX;
-    for (u64 i = 0; i < (2 << 20) / 8; i++) sandbox[i] = 0;
-    sandbox[0x1000 / 8] = 0x2000 | 3;  /* L2's page tables: linear 0-2 MiB = guest-physical 0-2 MiB */
-    sandbox[0x2000 / 8] = 0x3000 | 3;
-    sandbox[0x3000 / 8] = 0x83;
-    for (int i = 0; i < 5; i++) sandbox[0x4000 / 8 + i] = vmx_gdt[i];
+    l2_sandbox(1u << 7 | 1u << 12 | 1u << 24, CODE);  /* HLT, RDTSC exiting; unconditional I/O exiting */
     u64 n = *(u64 *)BLOB > 4096 ? 4096 : *(u64 *)BLOB;
     u8 *code = (u8 *)(SANDBOX + CODE);
     for (u64 i = 0; i < n; i++) code[i] = ((u8 *)(BLOB + 8))[i];
     code[n] = 0x0f; code[n + 1] = 0x01; code[n + 2] = 0xc1;  /* vmcall */
-    ept_pml4[0] = (u64)ept_pdpt | 7; ept_pdpt[0] = (u64)ept_pd | 7;
-    ept_pd[0] = SANDBOX | 1 << 7 | 6 << 3 | 7;
-    vmx_setup_vmcs(1u << 7 | 1u << 12 | 1u << 24, (u64)ept_pml4 | 3 << 3 | 6, 0, (void *)CODE,
-                   (void *)0x1f0000);  /* HLT, RDTSC exiting; unconditional I/O exiting */
-    vmw(GUEST_CR3, 0x1000);
-    vmw(GUEST_GDTR_BASE, 0x4000);
     vmw(EXCEPTION_BITMAP, 0xffffffff);
     u64 hash = 0;
     for (int i = 0; i < 24; i++) {
         u64 r = vmx_run(i == 0, &g);
         if (r) { puts("entry failed "); put_hex(r); putc('\n'); break; }
         u64 reason = vmr(VM_EXIT_REASON), rip = vmr(GUEST_RIP), len = vmr(VM_EXIT_INSTRUCTION_LEN);
-        u64 exit_info[] = {reason, rip, len, vmr(EXIT_QUALIFICATION), vmr(0x4404), vmr(0x4406), g.rax, g.rcx};
+        u64 exit_info[] = {reason, rip, len, vmr(EXIT_QUALIFICATION), vmr(VM_EXIT_INTR_INFO), vmr(VM_EXIT_INTR_ERROR_CODE), g.rax, g.rcx};
         for (int k = 0; k < 8; k++) hash = (hash ^ exit_info[k]) * 0x100000001b3ull;  /* FNV-1a style */
         put_dec(reason & 0xffff); putc(reason >> 31 ? '!' : ' ');
         if (reason == 18 || !skipped(reason & 0xffff)) break;

@@ -8,34 +8,20 @@
 
 #include "../tap.h"
 
-#define SANDBOX (16ull << 20) /* L1 16-18 MiB = L2 guest-physical 0-2 MiB */
 #define END (2ull << 20)
 #define INC_RCX 5
 
-enum { EXIT_INTR_INFO = 0x4404 };
-
 int main(void) {
     ok(l1_start() == 0, "VMXON, VMCLEAR and VMPTRLD");
-    u64 *sandbox = (u64 *)SANDBOX;
-    for (u64 i = 0; i < END / 8; i++) sandbox[i] = 0;
-    sandbox[0x1000 / 8] = 0x2000 | 3;  /* L2's page tables: linear 0-2 MiB = guest-physical 0-2 MiB */
-    sandbox[0x2000 / 8] = 0x3000 | 3;
-    sandbox[0x3000 / 8] = 0x83;
-    for (int i = 0; i < 5; i++) sandbox[0x4000 / 8 + i] = vmx_gdt[i];
-    u8 *code = (u8 *)(SANDBOX + END - 3 * INC_RCX - 1);
+    u64 start = END - 3 * INC_RCX - 1;
+    l2_sandbox(0, start);
+    u8 *code = (u8 *)(SANDBOX + start);
     for (int i = 0; i < INC_RCX; i++) code[3 * i] = 0x48, code[3 * i + 1] = 0xff, code[3 * i + 2] = 0xc1;
     code[3 * INC_RCX] = 0x0f;  /* VMCALL (0f 01 c1), its last two bytes on the next page */
-    ept_pml4[0] = (u64)ept_pdpt | 7;
-    ept_pdpt[0] = (u64)ept_pd | 7;
-    ept_pd[0] = SANDBOX | 1 << 7 | 6 << 3 | 7;
-    u64 start = END - 3 * INC_RCX - 1;
-    vmx_setup_vmcs(0, (u64)ept_pml4 | 3 << 3 | 6, 0, (void *)start, (void *)0x1f0000);
-    vmw(GUEST_CR3, 0x1000);
-    vmw(GUEST_GDTR_BASE, 0x4000);
     vmw(EXCEPTION_BITMAP, 1u << 14);
     g.rcx = 0;
-    u64 r = vmx_run(1, &g);
-    ok(r == 0 && vmr(VM_EXIT_REASON) == 0 && (vmr(EXIT_INTR_INFO) & 0x80000fff) == 0x80000b0e, "#PF exits");
+    u64 r = l2_run();
+    ok(r == 0 && vmr(VM_EXIT_REASON) == 0 && (vmr(VM_EXIT_INTR_INFO) & 0x80000fff) == 0x80000b0e, "#PF exits");
     ok(vmr(GUEST_RIP) == END - 1, "RIP at the instruction that crosses the page");
     ok(vmr(EXIT_QUALIFICATION) == END, "CR2 at the start of the next page");
     ok(g.rcx == INC_RCX, "the instructions before it ran");

@@ -20,7 +20,7 @@ int main(void) {
     u64 flags, error = 0;
     __asm__ volatile("mov %%ss, %%ax; mov %%ax, %%ss; vmlaunch; pushfq; popq %0" : "=r"(flags) : : "rax", "cc", "memory");
     vmread(VM_INSTRUCTION_ERROR, &error);
-    ok((flags & 0x8d5) == 0x40 && error == 26, "VMLAUNCH right after MOV SS: VMfailValid(26)");
+    ok((flags & VMX_FLAGS) == VMX_ZF && error == 26, "VMLAUNCH right after MOV SS: VMfailValid(26)");
     u64 r = vmx_run(1, &g);
     ok(r == 0 && vmr(VM_EXIT_REASON) == 10 && vmr(GUEST_RIP) == (u64)l2_cpuid1 && vmr(GUEST_INTERRUPTIBILITY_INFO) == 2,
        "CPUID right after MOV SS in L2: exit with blocking by MOV SS");

@@ -19,7 +19,7 @@ static int gp_at(void *start, void *at, int launch) {
     vmw(GUEST_RIP, (u64)start);
     u64 r = vmx_run(launch, &g), reason = 1, rip = 0, info = 0, code = 1;
     vmread(VM_EXIT_REASON, &reason); vmread(GUEST_RIP, &rip);
-    vmread(0x4404, &info); vmread(0x4406, &code);  /* VM_EXIT_INTR_INFO, VM_EXIT_INTR_ERROR_CODE */
+    vmread(VM_EXIT_INTR_INFO, &info); vmread(VM_EXIT_INTR_ERROR_CODE, &code);
     return r == 0 && reason == 0 && rip == (u64)at && info == 0x80000b0d && code == 0;
 }
 

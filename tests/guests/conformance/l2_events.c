@@ -6,12 +6,9 @@
  * needs memory L2 has not touched yet.  (TAP output.) */
 #include "../l1.h"
 
+#include "../idt_gate.h"
 #include "../tap.h"
 
-enum {
-    EXIT_INTR_INFO = 0x4404, EXIT_INTR_ERROR = 0x4406, VECTORING_INFO = 0x4408, VECTORING_ERROR = 0x440a,
-    ENTRY_INTR_INFO = 0x4016, ENTRY_INSTRUCTION_LEN = 0x401a,
-};
 #define VALID (1u << 31)
 #define ERROR_CODE (1u << 11)
 #define IDT ((u64 *)0x800000)  /* 8 MiB: memory L2 has not touched before the last test */
@@ -31,7 +28,6 @@ __asm__(".text\n"
         "l2_fpu: fninit\n vmcall\n");
 
 struct exit { u64 reason, info, error, vectoring, vectoring_error, len, rip; };
-static int launched;
 
 static struct exit run(char *rip, u32 bitmap, u32 idt_limit, u32 inject, u32 inject_len) {
     struct exit e;
@@ -41,22 +37,16 @@ static struct exit run(char *rip, u32 bitmap, u32 idt_limit, u32 inject, u32 inj
     vmw(EXCEPTION_BITMAP, bitmap);
     vmw(GUEST_IDTR_BASE, (u64)IDT);
     vmw(GUEST_IDTR_LIMIT, idt_limit);
-    vmw(ENTRY_INTR_INFO, inject);
-    vmw(ENTRY_INSTRUCTION_LEN, inject_len);
-    u64 r = vmx_run(!launched, &g);
-    launched = 1;
+    vmw(VM_ENTRY_INTR_INFO_FIELD, inject);
+    vmw(VM_ENTRY_INSTRUCTION_LEN, inject_len);
+    u64 r = l2_run();
     e.reason = r ? ~0ull : vmr(VM_EXIT_REASON);
-    e.info = vmr(EXIT_INTR_INFO); e.error = vmr(EXIT_INTR_ERROR);
-    e.vectoring = vmr(VECTORING_INFO); e.vectoring_error = vmr(VECTORING_ERROR);
+    e.info = vmr(VM_EXIT_INTR_INFO); e.error = vmr(VM_EXIT_INTR_ERROR_CODE);
+    e.vectoring = vmr(IDT_VECTORING_INFO_FIELD); e.vectoring_error = vmr(IDT_VECTORING_ERROR_CODE);
     e.len = vmr(VM_EXIT_INSTRUCTION_LEN); e.rip = vmr(GUEST_RIP);
     return e;
 }
 
-static void gate(int vector, void *handler) {
-    u64 offset = (u64)handler, selector = vmr(GUEST_CS_SELECTOR);
-    IDT[2 * vector] = (offset & 0xffff) | selector << 16 | 0xeull << 40 | 1ull << 47 | (offset >> 16 & 0xffff) << 48;
-    IDT[2 * vector + 1] = offset >> 32;
-}
 
 int main(void) {
     ok(l1_start() == 0, "VMXON, VMCLEAR and VMPTRLD");
@@ -103,10 +93,10 @@ int main(void) {
     e = run(l2_fpu, 1u << 7, 0, 0, 0);
     ok(e.reason == 0 && e.info == (VALID | 3 << 8 | 7) && e.rip == (u64)l2_fpu, "FNINIT with CR0.TS: #NM exit");
     vmw(GUEST_CR0, vmr(GUEST_CR0) & ~(1ull << 3));
-    gate(6, l2_handler);
+    idt_gate(IDT, 6, vmr(GUEST_CS_SELECTOR), l2_handler);
     e = run(l2_nop, 0, 0xfff, VALID | 3 << 8 | 6, 0);
     ok(e.reason == 18 && e.rip == (u64)l2_handler, "injected #UD through an IDT in memory L2 never touched: its handler runs");
-    gate(1, l2_handler);
+    idt_gate(IDT, 1, vmr(GUEST_CS_SELECTOR), l2_handler);
     e = run(l2_int1, 0, 0xfff, 0, 0);
     ok(e.reason == 18 && e.rip == (u64)l2_handler && *(u64 *)(l2_stack + sizeof(l2_stack) - 40) == (u64)l2_int1 + 1,
        "INT1 not intercepted: delivered through the IDT, the return address past it");

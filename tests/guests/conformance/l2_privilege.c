@@ -8,7 +8,6 @@
 
 #include "../tap.h"
 
-enum { EXIT_INTR_INFO = 0x4404, EXIT_INTR_ERROR_CODE = 0x4406, EXIT_GUEST_LINEAR_ADDRESS = 0x640a };
 
 extern char t_rdmsr[], t_wrmsr[], t_mov_to_cr0[], t_mov_from_cr3[], t_clts[], t_lmsw[], t_hlt[], t_rdpmc[],
     t_cpuid[], t_vmcall[], t_vmread[], t_out_permitted[], t_out_denied[], t_lmsw_memory[];
@@ -52,16 +51,14 @@ static void set_cpl(int cpl) {
 static u64 run_from(char *code, u64 *intr_info) {
     vmw(GUEST_RIP, (u64)code);
     vmw(GUEST_RSP, (u64)l2_stack + sizeof(l2_stack));
-    static int launched;
-    u64 r = vmx_run(!launched, &g);
-    launched = 1;
-    *intr_info = vmr(EXIT_INTR_INFO);
+    u64 r = l2_run();
+    *intr_info = vmr(VM_EXIT_INTR_INFO);
     return r ? ~0ull : vmr(VM_EXIT_REASON);
 }
 
 static int gp(char *code) {
     u64 info, reason = run_from(code, &info);
-    return reason == 0 && (info & 0x80000fff) == 0x80000b0d && vmr(EXIT_INTR_ERROR_CODE) == 0 &&
+    return reason == 0 && (info & 0x80000fff) == 0x80000b0d && vmr(VM_EXIT_INTR_ERROR_CODE) == 0 &&
            vmr(GUEST_RIP) == (u64)code;
 }
 
@@ -93,9 +90,9 @@ int main(void) {
     vmw(GUEST_CR4, read_cr4() & ~(3ull << 20 | 1ull << 8));  /* no SMEP/SMAP; CR4.PCE = 0 */
     vmw(GUEST_GDTR_BASE, (u64)l2_gdt);
     vmw(GUEST_GDTR_LIMIT, sizeof(l2_gdt) - 1);
-    vmw(GUEST_ES_SELECTOR + 2 * 7, 0x28);  /* TR */
-    vmw(GUEST_ES_BASE + 2 * 7, tss);
-    vmw(GUEST_ES_LIMIT + 2 * 7, sizeof(l2_tss) - 1);
+    vmw(GUEST_TR_SELECTOR, 0x28);
+    vmw(GUEST_TR_BASE, tss);
+    vmw(GUEST_TR_LIMIT, sizeof(l2_tss) - 1);
     vmw(EXCEPTION_BITMAP, 1u << 13);
     vmw(CR0_GUEST_HOST_MASK, ~0ull);  /* every CR0 bit L1's: any change exits */
     vmw(CR0_READ_SHADOW, vmr(GUEST_CR0) | 1u << 3);  /* TS set in the shadow: CLTS exits */
@@ -106,7 +103,7 @@ int main(void) {
     static u16 msw = 1;  /* PE: TS cleared against the shadow's */
     g.rbx = (u64)&msw;
     ok(exits(t_lmsw_memory, 28) && vmr(EXIT_QUALIFICATION) == (3u << 4 | 1u << 6 | 1u << 16) &&
-           vmr(EXIT_GUEST_LINEAR_ADDRESS) == (u64)&msw,
+           vmr(GUEST_LINEAR_ADDRESS) == (u64)&msw,
        "CPL 0: LMSW of a memory operand exits: type 3, memory operand, source data, its linear address");
     set_cpl(3);
     ok(gp(t_rdmsr), "CPL 3: RDMSR is #GP(0), not an exit");

@@ -1,5 +1,5 @@
 /* RDPMC in L2 with "RDPMC exiting": exit reason 15 with instruction length 2, RIP at the RDPMC
- * (SDM §26.1.3), for any ECX.  (TAP output.) */
+ * (SDM §26.1.3), even for an ECX that selects no counter (the exit comes first).  (TAP output.) */
 #include "../l1.h"
 
 #include "../tap.h"

@@ -30,7 +30,7 @@ int main(void) {
     vmw(GUEST_RIP, (u64)l2_lock_rdtsc);
     r = vmx_run(0, &g);
     vmread(VM_EXIT_REASON, &reason);
-    u64 info = vmr(0x4404);  /* VM-exit interruption information */
+    u64 info = vmr(VM_EXIT_INTR_INFO);
     ok(r == 0 && reason == 0 && (info & 0x80000fff) == 0x80000306, "LOCK RDTSC in L2 is #UD, not an RDTSC exit");
     ok(l1_stop() == 0, "VMCLEAR and VMXOFF");
     puts(failures ? "FAIL\n" : "PASS\n");

@@ -8,7 +8,7 @@
 
 #include "../tap.h"
 
-enum { MSR_PAT = 0x277, MSR_EFER = 0xc0000080, MSR_SYSENTER_CS = 0x174, GUEST_PAT = 0x2804 };
+enum { MSR_PAT = 0x277, MSR_EFER = 0xc0000080, MSR_SYSENTER_CS = 0x174 };
 enum { EXIT_SAVE_DEBUG = 1u << 2, EXIT_SAVE_PAT = 1u << 18, EXIT_SAVE_EFER = 1u << 20, EXIT_LOAD_EFER = 1u << 21 };
 #define L1_PAT 0x0007040600070406ull
 #define L2_PAT 0x0606060606060606ull
@@ -35,23 +35,24 @@ int main(void) {
     wrmsr(MSR_EFER, efer | 1);  /* SCE, which L2 clears */
     vmw(GUEST_IA32_EFER, efer | 1);
     wrmsr(MSR_PAT, L1_PAT);
-    vmw(GUEST_PAT, L1_PAT);
+    vmw(GUEST_IA32_PAT, L1_PAT);
     vmw(GUEST_SYSENTER_CS, 0x11);
     load_area[0][0] = MSR_SYSENTER_CS; load_area[0][1] = 0x77;
-    vmw(0x200a, (u64)load_area);  /* VM_ENTRY_MSR_LOAD_ADDR */
-    vmw(0x4014, 1);               /* VM_ENTRY_MSR_LOAD_COUNT */
+    vmw(VM_ENTRY_MSR_LOAD_ADDR, (u64)load_area);
+    vmw(VM_ENTRY_MSR_LOAD_COUNT, 1);
     u64 exit_ctls = vmr(VM_EXIT_CONTROLS) & ~(u64)(EXIT_SAVE_DEBUG | EXIT_SAVE_PAT | EXIT_SAVE_EFER | EXIT_LOAD_EFER);
     vmw(VM_EXIT_CONTROLS, exit_ctls);
     vmw(VM_ENTRY_CONTROLS, vmr(VM_ENTRY_CONTROLS) & ~4ull);  /* no "load debug controls" */
     vmw(GUEST_DR7, 0x400);
 
     vmw(GUEST_CR0, vmr(GUEST_CR0) | 1ull << 30);  /* ignored: L2 keeps L1's CD = 0 */
+    vmw(HOST_CR0, vmr(HOST_CR0) | 1ull << 30);    /* ignored too: the exit keeps L2's CD = 0 */
     set_dr7(L1_DR7);
     u64 r = vmx_run(1, &g);
     ok(r == 0 && vmr(VM_EXIT_REASON) == 18, "L2 runs to its VMCALL");
     ok(g.rbx == 0x77, "the VM-entry MSR-load area is loaded into L2 (IA32_SYSENTER_CS)");
     ok(g.rsi == L1_DR7, "without \"load debug controls\" L2 runs with L1's DR7");
-    ok(vmr(GUEST_PAT) == L1_PAT && vmr(GUEST_IA32_EFER) == (efer | 1) && vmr(GUEST_DR7) == 0x400,
+    ok(vmr(GUEST_IA32_PAT) == L1_PAT && vmr(GUEST_IA32_EFER) == (efer | 1) && vmr(GUEST_DR7) == 0x400,
        "without the save controls the exit leaves vmcs12's PAT, EFER and DR7 alone");
     ok(rdmsr(MSR_PAT) == L2_PAT, "without \"load IA32_PAT\" L1 has L2's PAT after the exit");
     ok((rdmsr(MSR_EFER) & 1) == 0, "without \"load IA32_EFER\" L1 has L2's EFER.SCE after the exit");
@@ -59,7 +60,7 @@ int main(void) {
     __asm__ volatile("mov %%dr7, %0" : "=r"(dr7));
     ok(dr7 == 0x400, "DR7 is 0x400 after the exit");
     ok(!(vmr(GUEST_CR0) & 1ull << 30) && !(read_cr0() & 1ull << 30),
-       "CR0.CD of the guest field is not loaded: L2 ran with L1's, which the exit saves and keeps");
+       "CR0.CD of the guest field is not loaded at entry, nor that of the host field at exit");
 
     wrmsr(MSR_EFER, efer | 1);
     wrmsr(MSR_PAT, L1_PAT);
@@ -67,7 +68,7 @@ int main(void) {
     vmw(GUEST_RIP, (u64)l2_code);
     set_dr7(L1_DR7);
     r = vmx_run(0, &g);
-    ok(r == 0 && vmr(VM_EXIT_REASON) == 18 && vmr(GUEST_PAT) == L2_PAT && (vmr(GUEST_IA32_EFER) & 1) == 0 &&
+    ok(r == 0 && vmr(VM_EXIT_REASON) == 18 && vmr(GUEST_IA32_PAT) == L2_PAT && (vmr(GUEST_IA32_EFER) & 1) == 0 &&
            vmr(GUEST_DR7) == L1_DR7,
        "with the save controls the exit stores L2's PAT, EFER and DR7 in vmcs12");
     wrmsr(MSR_EFER, efer);

@@ -6,7 +6,6 @@
 
 #include "../tap.h"
 
-enum { GUEST_FS_BASE = 0x680e, GUEST_LINEAR_ADDRESS = 0x640a, VMX_INSTRUCTION_INFO = 0x440e };
 extern char l2_outsb[], l2_outs_fs32[], l2_insw[], l2_rep_insd32[];
 
 /* RSI = 0x1_0000_0020, RDI = 0x1_0000_0040, DX = 0x80. */
@@ -17,12 +16,10 @@ __asm__(".text\n"
         "l2_rep_insd32: .byte 0xf3, 0x67, 0x6d\n" /* rep insd [edi] */
         "vmcall\n 1: hlt\n jmp 1b\n");
 
-static int launched;
 static void expect(char *rip, u64 len, u64 qualification, u64 info, u64 info_mask, u64 linear, const char *what) {
     vmw(GUEST_RIP, (u64)rip);
     g.rsi = 0x100000020ull; g.rdi = 0x100000040ull; g.rdx = 0x80; g.rcx = 1;
-    u64 r = vmx_run(!launched, &g);
-    launched = 1;
+    u64 r = l2_run();
     ok(r == 0 && vmr(VM_EXIT_REASON) == 30 && vmr(VM_EXIT_INSTRUCTION_LEN) == len &&
            vmr(EXIT_QUALIFICATION) == qualification && (vmr(VMX_INSTRUCTION_INFO) & info_mask) == info &&
            vmr(GUEST_LINEAR_ADDRESS) == linear,
