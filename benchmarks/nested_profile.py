@@ -26,7 +26,7 @@ from nestvmx.kvm.vmx import VmxVcpu
 STEPS = {
     VmxVcpu: ["run_once", "handle_exit"],
     Engine: ["run", "_on_invalid", "_after_stop", "_save_state", "_special", "_invalid_instruction"],
-    uc_state.UnicornRegisters: ["read_all", "write_changed"],
+    uc_state.UnicornRegisters: ["save", "load"],
     LogicalProcessor: ["vmresume", "vmlaunch", "vm_exit", "vmptrld", "vmread_many", "vmwrite_many"],
     vmentry.EntryChecks: ["first_failure"],
     NestedVmx: [

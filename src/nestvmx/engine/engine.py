@@ -51,8 +51,6 @@ from nestvmx.engine.uc_state import (
     SEGMENT_IDS,
     UnicornRegisters,
     descriptor_segment,
-    load_into_unicorn,
-    save_from_unicorn,
 )
 from nestvmx.engine.vmx_decode import decode_vmx
 from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
@@ -381,7 +379,7 @@ class Engine:
             if exit is not None:
                 return exit
             try:
-                load_into_unicorn(ctx.regs, cpu.state)
+                ctx.regs.load(cpu.state)
             except UcError as err:  # Unicorn checks a loaded selector against its GDT descriptor
                 raise EngineError(
                     f"the model cannot load the guest's segment registers at RIP {cpu.state.rip:#x}: a selector's "
@@ -410,8 +408,7 @@ class Engine:
         selectors change, the GDT entries and the paging structures that map them are mapped into
         the instance, or the access takes the EPT violation it would cause (EPT02 is filled lazily)."""
         s = self.cpu.state
-        known = ctx.regs.known
-        changed = [s.segs[seg].selector for seg, reg in SEGMENT_IDS.items() if known.get(reg) != s.segs[seg].selector]
+        changed = [s.segs[seg].selector for seg in SEGMENT_IDS if ctx.regs.selector(seg) != s.segs[seg].selector]
         linears = {s.gdtr_base + (sel & ~7) for sel in changed if sel & ~7 and not sel & 4 and sel | 7 <= s.gdtr_limit}
         if not linears:
             return None
@@ -539,7 +536,7 @@ class Engine:
     def _scan(self, pc: int, size: int = 64) -> bool:
         """Place code hooks on the instructions Unicorn would execute without a VM exit; True if new."""
         ctx = self.ctx
-        cr3 = ctx.regs.known.get(X.UC_X86_REG_CR3)
+        cr3 = ctx.regs.cr3()
         seen = ctx.scanned_code.get((cr3, pc))
         buffer = self.cpu.memory.buffer
         if seen and buffer[seen[0] : seen[0] + len(seen[1])] == seen[1]:
@@ -587,7 +584,7 @@ class Engine:
 
     def _save_state(self) -> None:
         # The GDT is read only for a selector the guest reloaded: its guest memory is built then.
-        save_from_unicorn(self.ctx.regs, self.cpu.state, lambda address, size: self.guest_memory().read(address, size))
+        self.ctx.regs.save(self.cpu.state, lambda address, size: self.guest_memory().read(address, size))
 
     def _after_stop(self) -> VmExit | None:
         stop, cpu = self.stop, self.cpu

@@ -148,3 +148,352 @@ bool nestvmx_shadow_vmx(void *uc, struct shadow_path *p)
     PyGILState_Release(gil);
     return true;
 }
+
+/* ---------------------------------------------------------------------------------------------
+   Register transfer between the processor model's CpuState (hw/state.py) and Unicorn at each VM
+   entry and exit (uc_state.py): one batch call each way, with the values Unicorn holds cached so
+   that an entry writes only what changed.  The Python side gives the register ids. */
+
+struct uc_mmr { uint16_t selector; uint64_t base; uint32_t limit, flags; }; /* uc_x86_mmr */
+struct uc_msr { uint32_t rid; uint64_t value; };                          /* uc_x86_msr */
+
+/* The slots: integer registers, then descriptor-table registers, then MSRs. */
+enum { I_GPR = 0, I_RIP = 16, I_RFLAGS, I_CR0, I_CR3, I_CR4, I_DR7, I_SEL, I_FS_BASE = I_SEL + 6, I_GS_BASE, N_INTS };
+enum { M_GDTR, M_IDTR, M_LDTR, M_TR, N_MMRS };
+enum { S_EFER, S_SYSENTER_CS, S_SYSENTER_ESP, S_SYSENTER_EIP, N_MSRS };
+enum { N_READS = N_INTS + N_MMRS + N_MSRS, MAX_WRITES = 64, N_PASSTHROUGH = 8 };
+enum { SEG_FS = 4, SEG_GS = 5, SEG_LDTR = 6, SEG_TR = 7 };
+#define AR_UNUSABLE (1u << 16)
+
+struct register_file {
+    void *uc;
+    int (*read_batch)(void *uc, int *ids, void **values, int count);
+    int (*write_batch)(void *uc, int *ids, void **values, int count);
+    int int_ids[N_INTS], mmr_ids[N_MMRS], msr_id, cr2_id;
+    uint32_t msr_indexes[N_MSRS], passthrough[N_PASSTHROUGH]; /* passthrough: 0 ends the list */
+    PyObject *segment_type; /* hw.state.Segment */
+    /* Unicorn's values as last read or written; `known` has a bit per slot (ints, mmrs, msrs). */
+    uint64_t ints[N_INTS];
+    struct uc_mmr mmrs[N_MMRS];
+    struct uc_msr msrs[N_MSRS];
+    uint64_t known;
+};
+
+static PyObject *S_gpr, *S_rip, *S_rflags, *S_cr0, *S_cr2, *S_cr3, *S_cr4, *S_dr7, *S_efer, *S_segs,
+    *S_gdtr_base, *S_gdtr_limit, *S_idtr_base, *S_idtr_limit, *S_sysenter_cs, *S_sysenter_esp,
+    *S_sysenter_eip, *S_msrs, *S_selector, *S_base, *S_limit, *S_ar;
+
+static struct register_file *register_file(PyObject *address)
+{
+    void *p = PyLong_AsVoidPtr(address);
+    return PyErr_Occurred() ? NULL : p;
+}
+
+/* An integer attribute, wrapped to 64 bits as ctypes stores it; -1 with an exception on error. */
+static int get_u64(PyObject *obj, PyObject *name, uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v)
+        return -1;
+    *out = PyLong_AsUnsignedLongLongMask(v);
+    Py_DECREF(v);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int set_u64(PyObject *obj, PyObject *name, uint64_t value)
+{
+    PyObject *v = PyLong_FromUnsignedLongLong(value);
+    int rc = v ? PyObject_SetAttr(obj, name, v) : -1;
+    Py_XDECREF(v);
+    return rc;
+}
+
+/* Segment (selector, base, limit, ar) of a CpuState's `segs` list (borrowed list). */
+static int get_segment(PyObject *segs, int index, uint64_t out[4])
+{
+    PyObject *seg = PyList_Check(segs) && PyList_GET_SIZE(segs) > index ? PyList_GET_ITEM(segs, index) : NULL;
+    if (!seg) {
+        PyErr_SetString(PyExc_TypeError, "CpuState.segs must be a list of 8 segments");
+        return -1;
+    }
+    return get_u64(seg, S_selector, &out[0]) || get_u64(seg, S_base, &out[1]) || get_u64(seg, S_limit, &out[2])
+        || get_u64(seg, S_ar, &out[3]) ? -1 : 0;
+}
+
+struct writes {
+    int n, ids[MAX_WRITES];
+    void *ptrs[MAX_WRITES];
+    uint64_t ints[MAX_WRITES];
+    struct uc_mmr mmrs[MAX_WRITES];
+    struct uc_msr msrs[MAX_WRITES];
+};
+
+static void write_int(struct register_file *r, struct writes *w, int slot, int id, uint64_t value)
+{
+    if (slot >= 0) {
+        if (r->known >> slot & 1 && r->ints[slot] == value)
+            return;
+        r->ints[slot] = value;
+        r->known |= 1ull << slot;
+    }
+    w->ints[w->n] = value;
+    w->ptrs[w->n] = &w->ints[w->n];
+    w->ids[w->n++] = id;
+}
+
+static void write_mmr(struct register_file *r, struct writes *w, int m, struct uc_mmr value)
+{
+    int bit = N_INTS + m;
+    struct uc_mmr *k = &r->mmrs[m];
+    if (r->known >> bit & 1 && k->selector == value.selector && k->base == value.base && k->limit == value.limit
+        && k->flags == value.flags)
+        return;
+    *k = value;
+    r->known |= 1ull << bit;
+    w->mmrs[w->n] = value;
+    w->ptrs[w->n] = &w->mmrs[w->n];
+    w->ids[w->n++] = r->mmr_ids[m];
+}
+
+static void write_msr(struct register_file *r, struct writes *w, int s, uint32_t index, uint64_t value)
+{
+    if (s >= 0) {
+        int bit = N_INTS + N_MMRS + s;
+        if (r->known >> bit & 1 && r->msrs[s].value == value)
+            return;
+        r->msrs[s].value = value;
+        r->known |= 1ull << bit;
+    }
+    w->msrs[w->n] = (struct uc_msr){index, value};
+    w->ptrs[w->n] = &w->msrs[w->n];
+    w->ids[w->n++] = r->msr_id;
+}
+
+/* load_registers(register_file, state) -> Unicorn's status: make Unicorn's CPU `state` (VM entry).
+   Order matters: Unicorn loads a segment's hidden part when its selector is written, under the
+   CR0/CR3/CR4/EFER given before.  CR2 and the pass-through MSRs are always written. */
+static PyObject *load_registers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "load_registers(register_file, state)");
+        return NULL;
+    }
+    struct register_file *r = register_file(args[0]);
+    PyObject *s = args[1], *segs = NULL, *gpr = NULL, *msrs = NULL, *result = NULL;
+    static struct writes w; /* the GIL serialises callers */
+    uint64_t v[6], seg[4];
+    w.n = 0;
+    if (!r)
+        return NULL;
+    if (get_u64(s, S_gdtr_base, &v[0]) || get_u64(s, S_gdtr_limit, &v[1]) || get_u64(s, S_idtr_base, &v[2])
+        || get_u64(s, S_idtr_limit, &v[3]))
+        return NULL;
+    write_mmr(r, &w, M_GDTR, (struct uc_mmr){0, v[0], (uint32_t)v[1], 0});
+    write_mmr(r, &w, M_IDTR, (struct uc_mmr){0, v[2], (uint32_t)v[3], 0});
+    if (get_u64(s, S_cr4, &v[0]) || get_u64(s, S_efer, &v[1]) || get_u64(s, S_cr3, &v[2]) || get_u64(s, S_cr0, &v[3])
+        || get_u64(s, S_cr2, &v[4]))
+        return NULL;
+    write_int(r, &w, I_CR4, r->int_ids[I_CR4], v[0]);
+    write_msr(r, &w, S_EFER, r->msr_indexes[S_EFER], v[1]);
+    write_int(r, &w, I_CR3, r->int_ids[I_CR3], v[2]);
+    write_int(r, &w, I_CR0, r->int_ids[I_CR0], v[3]);
+    write_int(r, &w, -1, r->cr2_id, v[4]); /* Unicorn's CR2 is not readable after emu_start (uc_state.py) */
+    if (!(segs = PyObject_GetAttr(s, S_segs)))
+        goto out;
+    for (int i = 0; i < 6; i++) {
+        if (get_segment(segs, i, seg))
+            goto out;
+        write_int(r, &w, I_SEL + i, r->int_ids[I_SEL + i], seg[0]);
+    }
+    for (int i = SEG_LDTR; i <= SEG_TR; i++) {
+        if (get_segment(segs, i, seg))
+            goto out;
+        uint32_t flags = (uint32_t)(seg[3] & 0xF0FF) << 8;
+        write_mmr(r, &w, i == SEG_TR ? M_TR : M_LDTR, (struct uc_mmr){(uint16_t)seg[0], seg[1], (uint32_t)seg[2], flags});
+    }
+    if (get_segment(segs, SEG_FS, seg))
+        goto out;
+    write_int(r, &w, I_FS_BASE, r->int_ids[I_FS_BASE], seg[1]);
+    if (get_segment(segs, SEG_GS, seg))
+        goto out;
+    write_int(r, &w, I_GS_BASE, r->int_ids[I_GS_BASE], seg[1]);
+    if (get_u64(s, S_sysenter_cs, &v[0]) || get_u64(s, S_sysenter_esp, &v[1]) || get_u64(s, S_sysenter_eip, &v[2])
+        || get_u64(s, S_dr7, &v[3]))
+        goto out;
+    for (int i = 0; i < 3; i++)
+        write_msr(r, &w, S_SYSENTER_CS + i, r->msr_indexes[S_SYSENTER_CS + i], v[i]);
+    write_int(r, &w, I_DR7, r->int_ids[I_DR7], v[3]);
+    if (!(msrs = PyObject_GetAttr(s, S_msrs)) || !PyDict_Check(msrs)) {
+        if (msrs)
+            PyErr_SetString(PyExc_TypeError, "CpuState.msrs must be a dict");
+        goto out;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(msrs, &pos, &key, &value)) { /* the model's MSRs that Unicorn also implements */
+        uint64_t index = PyLong_AsUnsignedLongLongMask(key);
+        if (PyErr_Occurred())
+            goto out;
+        for (int i = 0; i < N_PASSTHROUGH && r->passthrough[i]; i++)
+            if (r->passthrough[i] == index) {
+                write_msr(r, &w, -1, (uint32_t)index, PyLong_AsUnsignedLongLongMask(value));
+                if (PyErr_Occurred())
+                    goto out;
+            }
+    }
+    if (!(gpr = PyObject_GetAttr(s, S_gpr)))
+        goto out;
+    if (!PyList_Check(gpr) || PyList_GET_SIZE(gpr) != 16) {
+        PyErr_SetString(PyExc_TypeError, "CpuState.gpr must be a list of 16 integers");
+        goto out;
+    }
+    for (int i = 0; i < 16; i++) {
+        uint64_t value = PyLong_AsUnsignedLongLongMask(PyList_GET_ITEM(gpr, i));
+        if (PyErr_Occurred())
+            goto out;
+        write_int(r, &w, I_GPR + i, r->int_ids[I_GPR + i], value);
+    }
+    if (get_u64(s, S_rflags, &v[0]) || get_u64(s, S_rip, &v[1]))
+        goto out;
+    write_int(r, &w, I_RFLAGS, r->int_ids[I_RFLAGS], v[0]);
+    write_int(r, &w, I_RIP, r->int_ids[I_RIP], v[1]);
+    int status = r->write_batch(r->uc, w.ids, w.ptrs, w.n);
+    if (status)
+        r->known = 0; /* which of them Unicorn took is unknown: read everything back first */
+    result = PyLong_FromLong(status);
+out:
+    Py_XDECREF(segs);
+    Py_XDECREF(gpr);
+    Py_XDECREF(msrs);
+    return result;
+}
+
+static int replace_segment(struct register_file *r, PyObject *segs, int index, const uint64_t value[4])
+{
+    uint64_t old[4];
+    if (get_segment(segs, index, old))
+        return -1;
+    if (!memcmp(old, value, sizeof old))
+        return 0;
+    PyObject *seg = PyObject_CallFunction(r->segment_type, "KKKK", (unsigned long long)value[0],
+                                          (unsigned long long)value[1], (unsigned long long)value[2],
+                                          (unsigned long long)value[3]);
+    return seg ? PyList_SetItem(segs, index, seg) : -1;
+}
+
+/* save_registers(register_file, state, descriptor) -> Unicorn's status: copy Unicorn's CPU into
+   `state` (VM exit).  A segment register whose selector changed gets descriptor(selector), the
+   segment loaded from the GDT; the others keep the hidden part the processor already has. */
+static PyObject *save_registers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "save_registers(register_file, state, descriptor)");
+        return NULL;
+    }
+    struct register_file *r = register_file(args[0]);
+    PyObject *s = args[1], *descriptor = args[2], *segs = NULL, *gpr = NULL, *result = NULL;
+    int ids[N_READS];
+    void *ptrs[N_READS];
+    if (!r)
+        return NULL;
+    for (int i = 0; i < N_INTS; i++)
+        ids[i] = r->int_ids[i], ptrs[i] = &r->ints[i], r->ints[i] = 0; /* selectors fill 2 bytes */
+    for (int i = 0; i < N_MMRS; i++)
+        ids[N_INTS + i] = r->mmr_ids[i], ptrs[N_INTS + i] = &r->mmrs[i];
+    for (int i = 0; i < N_MSRS; i++) {
+        r->msrs[i].rid = r->msr_indexes[i];
+        ids[N_INTS + N_MMRS + i] = r->msr_id, ptrs[N_INTS + N_MMRS + i] = &r->msrs[i];
+    }
+    int status = r->read_batch(r->uc, ids, ptrs, N_READS);
+    r->known = status ? 0 : (1ull << N_READS) - 1;
+    if (status)
+        return PyLong_FromLong(status);
+    const uint64_t *x = r->ints;
+    if (!(gpr = PyObject_GetAttr(s, S_gpr)))
+        return NULL;
+    if (!PyList_Check(gpr) || PyList_GET_SIZE(gpr) != 16) {
+        PyErr_SetString(PyExc_TypeError, "CpuState.gpr must be a list of 16 integers");
+        goto out;
+    }
+    for (int i = 0; i < 16; i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(x[I_GPR + i]);
+        if (!value || PyList_SetItem(gpr, i, value))
+            goto out;
+    }
+    struct { PyObject *name; uint64_t value; } sets[] = {
+        {S_rip, x[I_RIP]},
+        {S_rflags, x[I_RFLAGS]},
+        {S_cr0, x[I_CR0]},
+        {S_cr3, x[I_CR3]},
+        {S_cr4, x[I_CR4]},
+        {S_dr7, x[I_DR7]},
+        {S_efer, r->msrs[S_EFER].value},
+        {S_sysenter_cs, r->msrs[S_SYSENTER_CS].value},
+        {S_sysenter_esp, r->msrs[S_SYSENTER_ESP].value},
+        {S_sysenter_eip, r->msrs[S_SYSENTER_EIP].value},
+        {S_gdtr_base, r->mmrs[M_GDTR].base},
+        {S_gdtr_limit, r->mmrs[M_GDTR].limit},
+        {S_idtr_base, r->mmrs[M_IDTR].base},
+        {S_idtr_limit, r->mmrs[M_IDTR].limit},
+    };
+    for (size_t i = 0; i < sizeof sets / sizeof *sets; i++)
+        if (set_u64(s, sets[i].name, sets[i].value))
+            goto out;
+    if (!(segs = PyObject_GetAttr(s, S_segs)))
+        goto out;
+    for (int i = 0; i < 6; i++) {
+        uint64_t old[4];
+        if (get_segment(segs, i, old))
+            goto out;
+        if (old[0] == x[I_SEL + i])
+            continue;
+        PyObject *seg = PyObject_CallFunction(descriptor, "K", (unsigned long long)x[I_SEL + i]);
+        if (!seg || PyList_SetItem(segs, i, seg))
+            goto out;
+    }
+    for (int i = SEG_FS; i <= SEG_GS; i++) {
+        PyObject *seg = PyList_GET_ITEM(segs, i);
+        if (set_u64(seg, S_base, x[i == SEG_FS ? I_FS_BASE : I_GS_BASE]))
+            goto out;
+    }
+    for (int i = SEG_LDTR; i <= SEG_TR; i++) {
+        const struct uc_mmr *m = &r->mmrs[i == SEG_TR ? M_TR : M_LDTR];
+        uint64_t ar = (m->flags >> 8) & 0xF0FF;
+        if (i == SEG_TR && ((ar & 0xF) == 1 || (ar & 0xF) == 9))
+            ar |= 2; /* LTR marks the TSS busy; QEMU keeps the pre-LTR type in its segment cache */
+        uint64_t value[4] = {m->selector, m->base, m->limit, ar & 0x80 ? ar : AR_UNUSABLE};
+        if (replace_segment(r, segs, i, value))
+            goto out;
+    }
+    result = PyLong_FromLong(0);
+out:
+    Py_XDECREF(segs);
+    Py_XDECREF(gpr);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"load_registers", (PyCFunction)(void (*)(void))load_registers, METH_FASTCALL, NULL},
+    {"save_registers", (PyCFunction)(void (*)(void))save_registers, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "nestvmx_native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_nestvmx_native(void)
+{
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&S_gpr, "gpr"}, {&S_rip, "rip"}, {&S_rflags, "rflags"}, {&S_cr0, "cr0"}, {&S_cr2, "cr2"},
+        {&S_cr3, "cr3"}, {&S_cr4, "cr4"}, {&S_dr7, "dr7"}, {&S_efer, "efer"}, {&S_segs, "segs"},
+        {&S_gdtr_base, "gdtr_base"}, {&S_gdtr_limit, "gdtr_limit"}, {&S_idtr_base, "idtr_base"},
+        {&S_idtr_limit, "idtr_limit"}, {&S_sysenter_cs, "sysenter_cs"}, {&S_sysenter_esp, "sysenter_esp"},
+        {&S_sysenter_eip, "sysenter_eip"}, {&S_msrs, "msrs"}, {&S_selector, "selector"}, {&S_base, "base"},
+        {&S_limit, "limit"}, {&S_ar, "ar"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!(*names[i].slot = PyUnicode_InternFromString(names[i].name)))
+            return NULL;
+    return PyModule_Create(&module);
+}

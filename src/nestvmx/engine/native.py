@@ -1,11 +1,12 @@
-"""The engine's C callbacks for Unicorn (native.c): an instruction counter and the shadowed
-VMREAD/VMWRITE of non-root operation.  Built once with the machine's gcc against this Python's
-headers and cached by content hash."""
+"""The engine's C code (native.c): Unicorn callbacks (an instruction counter and the shadowed
+VMREAD/VMWRITE of non-root operation) and the register transfer of VM entries and exits.  Built
+once with the machine's gcc against this Python's headers and cached by content hash."""
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import sysconfig
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 _SOURCE = Path(__file__).with_name("native.c")
 
@@ -79,7 +81,7 @@ def require_gcc() -> str:
 
 
 @cache
-def native_library() -> ctypes.CDLL:
+def _built() -> Path:
     source = _SOURCE.read_bytes()
     include = sysconfig.get_paths()["include"]
     digest = hashlib.sha256(source + f"{sys.version}|{include}".encode()).hexdigest()[:16]
@@ -94,4 +96,19 @@ def native_library() -> ctypes.CDLL:
         if result.returncode:
             raise BuildError(f"building the engine's native callbacks failed: {result.stderr.strip()}")
         tmp.replace(lib)
-    return ctypes.CDLL(str(lib))
+    return lib
+
+
+@cache
+def native_library() -> ctypes.CDLL:
+    """native.c's Unicorn callbacks, for ctypes."""
+    return ctypes.CDLL(str(_built()))
+
+
+@cache
+def native_module() -> ModuleType:
+    """native.c's Python functions (the same shared object, imported as extension module)."""
+    spec = importlib.util.spec_from_file_location("nestvmx_native", _built())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

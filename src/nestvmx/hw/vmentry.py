@@ -448,6 +448,7 @@ def check_guest_state(model: CpuModel, f: Fields, memory: PhysicalMemory, curren
 
 # Which group of checks failed (EntryChecks.first_failure): VMfailValid(7), VMfailValid(8), exit 33.
 CONTROLS, HOST, GUEST = "controls", "host", "guest"
+_UNCHECKED = object()
 
 
 class EntryChecks:
@@ -480,8 +481,9 @@ class EntryChecks:
         link = f[F.VMCS_LINK_POINTER]
         linked = read_revision(memory, link) if link != INVALID_POINTER and _addr_ok(self.model, link) else None
         key = (self._key_values(f), current_vmcs, root.efer & EFER_LMA, linked)
-        if key in self.results:
-            return self.results[key]
+        result = self.results.get(key, _UNCHECKED)  # one lookup: a key hashes ~150 values
+        if result is not _UNCHECKED:
+            return result
         if len(self.results) >= self.SIZE:
             del self.results[next(iter(self.results))]
         result = self.results[key] = self._evaluate(f, memory, current_vmcs, root)
