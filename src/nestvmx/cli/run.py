@@ -12,10 +12,10 @@ from typing import Any
 import click
 
 from nestvmx.api import VM, Host, RunResult
-from nestvmx.engine.native import BuildError
 from nestvmx.guests.build import L2_WORKLOADS, build_minivisor
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS
 from nestvmx.hw.cpu_models import CPU_MODELS, DEFAULT_CPU_MODEL
+from nestvmx.hw.native import BuildError
 from nestvmx.kvm.loader import ProgramError
 from nestvmx.kvm.vm import MAX_VCPUS, Schedule
 from nestvmx.kvm.vmcs_shadow_fields import DEFAULT_SHADOW_FIELDS, SHADOW_FIELD_LISTS

@@ -1,20 +1,14 @@
 """The engine's C code (native.c): Unicorn callbacks (an instruction counter and the shadowed
-VMREAD/VMWRITE of non-root operation) and the register transfer of VM entries and exits.  Built
-once with the machine's gcc against this Python's headers and cached by content hash."""
+VMREAD/VMWRITE of non-root operation) and the register transfer of VM entries and exits, built
+by hw.native."""
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-from functools import cache
 from pathlib import Path
 from types import ModuleType
+
+from nestvmx.hw.native import build_shared, import_extension
 
 _SOURCE = Path(__file__).with_name("native.c")
 
@@ -60,55 +54,11 @@ class ShadowPath(ctypes.Structure):
     ]
 
 
-class BuildError(Exception):
-    """A native or guest build failed (gcc missing or a compile error)."""
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("NESTVMX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nestvmx"
-    )
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def require_gcc() -> str:
-    gcc = shutil.which(os.environ.get("CC", "gcc"))
-    if gcc is None:
-        raise BuildError("gcc is needed to build nestvmx's native helper and guests; install gcc (apt-get install gcc)")
-    return gcc
-
-
-@cache
-def _built() -> Path:
-    source = _SOURCE.read_bytes()
-    include = sysconfig.get_paths()["include"]
-    digest = hashlib.sha256(source + f"{sys.version}|{include}".encode()).hexdigest()[:16]
-    lib = cache_dir() / f"native-{digest}.so"
-    if not lib.exists():
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        result = subprocess.run(
-            [require_gcc(), "-O2", "-shared", "-fPIC", f"-I{include}", "-o", str(tmp), str(_SOURCE)],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode:
-            raise BuildError(f"building the engine's native callbacks failed: {result.stderr.strip()}")
-        tmp.replace(lib)
-    return lib
-
-
-@cache
 def native_library() -> ctypes.CDLL:
     """native.c's Unicorn callbacks, for ctypes."""
-    return ctypes.CDLL(str(_built()))
+    return ctypes.CDLL(str(build_shared(_SOURCE)))
 
 
-@cache
 def native_module() -> ModuleType:
     """native.c's Python functions (the same shared object, imported as extension module)."""
-    spec = importlib.util.spec_from_file_location("nestvmx_native", _built())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_extension(_SOURCE, "nestvmx_native")

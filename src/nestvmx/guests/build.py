@@ -8,8 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from nestvmx.engine.native import BuildError, cache_dir, require_gcc
 from nestvmx.guests.footprints import DEFAULT_FOOTPRINT, FOOTPRINTS, c_header
+from nestvmx.hw.native import BuildError, cache_dir, require_gcc
 
 LIB = Path(__file__).parent / "lib"
 SOURCE_SUFFIXES = (".c", ".S", ".s")

@@ -39,6 +39,7 @@ from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.exceptions import Vector, X86Exception
 from nestvmx.hw.instruction import MemOperand, VmxInstruction, VmxOp
 from nestvmx.hw.memory import PhysicalMemory
+from nestvmx.hw.native import vmcs_access
 from nestvmx.hw.paging import LinearMemory
 from nestvmx.hw.state import (
     AR_L,
@@ -68,6 +69,12 @@ VM_SUCCEED = 0
 VM_FAIL_INVALID = -1
 
 _VMREAD_VMWRITE = (VmxOp.VMREAD, VmxOp.VMWRITE)
+# native.c's access outcomes: success, an encoding the VMCS lacks, a read-only field (SDM §31.4).
+_ACCESS_STATUS = (
+    VM_SUCCEED,
+    VmxError.UNSUPPORTED_VMCS_COMPONENT,
+    VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT,
+)
 
 _INVEPT_TYPES = {1: EPT_CAP_INVEPT_SINGLE_CONTEXT, 2: EPT_CAP_INVEPT_ALL_CONTEXT}
 _INVVPID_TYPES = {
@@ -97,6 +104,7 @@ class LogicalProcessor:
         self.events: Counter[str] = Counter()  # hardware events, for the cost model
         self.last_entry_check: str | None = None  # the VM-entry rule the last entry broke
         self.entry_checks = vmentry.EntryChecks(model)
+        self._native = vmcs_access()
 
     # ----------------------------------------------------------------- helpers
 
@@ -269,19 +277,12 @@ class LogicalProcessor:
         return self._vmwrite_values(self.active_vmcs.get(self.current_vmcs), writes, op64=True)
 
     def _vmread_values(self, vmcs: VmcsData | None, encodings: Iterable[int], op64: bool) -> tuple[int, list[int]]:
-        """(status, values) of VMREADs in turn, without side effects; stops at the first that fails."""
+        """(status, values) of VMREADs in turn, without side effects; stops at the first that fails
+        (native.c's vmcs_read: the values of FULL or HIGH accesses, 32 bits outside 64-bit mode)."""
         if vmcs is None:
             return VM_FAIL_INVALID, []
-        table, fields, values = self.model.vmcs_access, vmcs.fields, []
-        for encoding in encodings:
-            access = table.get(encoding)
-            if access is None:
-                return VmxError.UNSUPPORTED_VMCS_COMPONENT, values
-            value = fields.get(access[0], 0)
-            if access[1]:  # HIGH
-                value >>= 32
-            values.append(value if op64 else value & 0xFFFF_FFFF)
-        return VM_SUCCEED, values
+        outcome, values = self._native.vmcs_read(self.model.vmcs_access, vmcs.fields, encodings, op64)
+        return _ACCESS_STATUS[outcome], values
 
     def _vmwrite_values(
         self, vmcs: VmcsData | None, writes: Iterable[tuple[int, int]], op64: bool, shadow: bool = False
@@ -289,25 +290,13 @@ class LogicalProcessor:
         """VMWRITEs in turn, with their status in RFLAGS; stops at the first that fails."""
         if vmcs is None:
             return self._set_status(VM_FAIL_INVALID)
-        table, fields, any_field = self.model.vmcs_access, vmcs.fields, self.model.vmwrite_any_field
-        status, written = VM_SUCCEED, 0
-        for encoding, value in writes:
-            access = table.get(encoding)
-            if access is None:
-                status = VmxError.UNSUPPORTED_VMCS_COMPONENT
-                break
-            full, high, mask, read_only = access
-            if read_only and not any_field:
-                status = VmxError.VMWRITE_READ_ONLY_VMCS_COMPONENT
-                break
-            if high:
-                value = (fields.get(full, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
-            else:
-                # Outside 64-bit mode the source is 32 bits and the upper half of the field is cleared.
-                value &= mask if op64 else mask & 0xFFFF_FFFF
-            fields[full] = value
-            written += 1
+        # native.c's vmcs_write: a HIGH access keeps the low half; outside 64-bit mode the source is 32
+        # bits and the upper half of the field is cleared; read-only fields need VMWRITE-any-field.
+        outcome, written = self._native.vmcs_write(
+            self.model.vmcs_access, vmcs.fields, writes, op64, self.model.vmwrite_any_field
+        )
         self.events["shadow_vmwrite" if shadow else "vmwrite"] += written
+        status = _ACCESS_STATUS[outcome]
         return self._set_status(status) if status == VM_SUCCEED else self._vmfail(status)
 
     def vmlaunch(self) -> int | VmExit | None:

@@ -84,7 +84,7 @@ class Seg(enum.IntEnum):
     TR = 7
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     selector: int = 0
     base: int = 0
@@ -110,7 +110,7 @@ def _flat_segments() -> list[Segment]:
     return segs
 
 
-@dataclass
+@dataclass(slots=True)
 class CpuState:
     """Registers of one logical processor.  Defaults: 64-bit mode, CPL 0, paging on."""
 
