@@ -53,7 +53,7 @@ class CpuModel:
     phys_addr_bits: int
     field_order: str  # how this model packs its VMCS: "type-major" or "width-major"
 
-    @property
+    @cached_property  # the model's MSRs do not change; read on every VMPTRLD and VMWRITE
     def revision_id(self) -> int:
         return self.msrs[Msr.IA32_VMX_BASIC] & VMX_BASIC_REVISION_MASK
 
@@ -65,7 +65,7 @@ class CpuModel:
     def true_ctls(self) -> bool:
         return bool(self.msrs[Msr.IA32_VMX_BASIC] & VMX_BASIC_TRUE_CTLS)
 
-    @property
+    @cached_property
     def vmwrite_any_field(self) -> bool:
         """IA32_VMX_MISC bit 29: VMWRITE may write the VM-exit information fields."""
         return bool(self.msrs[Msr.IA32_VMX_MISC] & VMX_MISC_VMWRITE_ANY_FIELD)
@@ -102,7 +102,7 @@ class CpuModel:
     def allows(self, kind: ControlKind, bits: int) -> bool:
         return self.allowed1(kind) & bits == bits
 
-    @property
+    @cached_property
     def has_vmcs_shadowing(self) -> bool:
         return self.allows(ControlKind.SECONDARY, SecondaryCtls.SHADOW_VMCS)
 

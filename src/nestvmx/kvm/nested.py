@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
-from nestvmx.arch.fields import VMCS_FIELDS, Access, FieldType
+from nestvmx.arch.fields import VMCS_FIELDS, FieldType
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_CONTEXT, Msr
 from nestvmx.engine.ept import EPT_EXEC, EPT_READ, EPT_WRITE, EptFault, ept_translate
@@ -155,7 +155,6 @@ class NestedVmx:
             f for f in (*read_only, *read_write) if f in vcpu.model.fields and f in self.model.fields
         ]  # dropped where L1 or the CPU lacks them
         self.shadow_read_write = [f for f in usable if f in read_write]
-        self.shadow_read_write_fields = [self.model.fields[f] for f in self.shadow_read_write]
         self.shadow_read_only = frozenset(f for f in usable if f not in read_write)
         self.shadow_fields = usable
 
@@ -212,9 +211,7 @@ class NestedVmx:
         """The read-write fields L1 may have changed without exits, back into vmcs12."""
         v, vmcs12 = self.vcpu, self.vmcs12
         self.load_vmcs(self.shadow_vmcs)
-        full = Access.FULL
-        for field, value in zip(self.shadow_read_write_fields, v.vmread_many(self.shadow_read_write), strict=True):
-            vmcs12.write(field, full, value)  # the one write path
+        vmcs12.write_full(zip(self.shadow_read_write, v.vmread_many(self.shadow_read_write), strict=True))
         self.load_vmcs(v.vmcs01)
         v.stats.copies_from_shadow += 1
         v.stats.fields_copied += len(self.shadow_read_write)
@@ -223,7 +220,8 @@ class NestedVmx:
         """Read-only and read-write fields of vmcs12 into the shadow VMCS, before L1 runs again."""
         v, vmcs12 = self.vcpu, self.vmcs12
         self.load_vmcs(self.shadow_vmcs)
-        v.vmwrite_many({field: vmcs12[field] for field in self.shadow_fields})
+        fields = vmcs12.fields
+        v.vmwrite_many({field: fields.get(field, 0) for field in self.shadow_fields})
         self.load_vmcs(v.vmcs01)
         v.stats.copies_to_shadow += 1
         v.stats.fields_copied += len(self.shadow_fields)

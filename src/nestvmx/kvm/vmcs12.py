@@ -9,6 +9,7 @@ cached_vmcs12) and writes it back only when the architecture lets L1 see it chan
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nestvmx.arch.fields import ACCESS_RIGHTS_FIELDS, AR_BYTES_WRITABLE, VMCS_FIELDS, Access, VmcsField
@@ -33,6 +34,12 @@ def _layout() -> dict[int, tuple[int, int]]:
 # FULL encoding -> (offset, size): the one table of the vmcs12 format (docs/vmcs12.md).
 VMCS12_OFFSETS: dict[int, tuple[int, int]] = _layout()
 
+# FULL encoding -> the bits a write keeps: the field's width and, as on hardware, no reserved
+# access-rights bits (KVM drops them too).
+_WRITE_MASKS: dict[int, int] = {
+    f.encoding: f.width.mask & (AR_BYTES_WRITABLE if f.encoding in ACCESS_RIGHTS_FIELDS else -1) for f in VMCS_FIELDS
+}
+
 
 @dataclass
 class Vmcs12:
@@ -49,14 +56,17 @@ class Vmcs12:
         return value >> 32 if access is Access.HIGH else value
 
     def write(self, f: VmcsField, access: Access, value: int) -> None:
-        """vmcs12_write_any: the one write path of emulated VMWRITE and of the shadow copies."""
+        """vmcs12_write_any: the write path of emulated VMWRITE (see write_full for the shadow copy)."""
         if access is Access.HIGH:
-            value = (self.fields.get(f.encoding, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
+            self.fields[f.encoding] = (self.fields.get(f.encoding, 0) & 0xFFFF_FFFF) | (value & 0xFFFF_FFFF) << 32
         else:
-            value &= f.width.mask
-            if f.encoding in ACCESS_RIGHTS_FIELDS:
-                value &= AR_BYTES_WRITABLE  # as on hardware, reserved access-rights bits are dropped (KVM)
-        self.fields[f.encoding] = value
+            self.write_full(((f.encoding, value),))
+
+    def write_full(self, writes: Iterable[tuple[int, int]]) -> None:
+        """vmcs12_write_any of FULL accesses, (encoding, value) in turn."""
+        fields = self.fields
+        for encoding, value in writes:
+            fields[encoding] = value & _WRITE_MASKS[encoding]
 
     def __getitem__(self, encoding: int) -> int:
         return self.fields.get(encoding, 0)
