@@ -48,13 +48,18 @@ static PyObject *vmcs_read(PyObject *self, PyObject *const *args, Py_ssize_t nar
             outcome = ACCESS_UNSUPPORTED;
             break;
         }
-        uint64_t value = field_value(fields, PyTuple_GET_ITEM(entry, 0));
+        PyObject *stored = PyDict_GetItemWithError(fields, PyTuple_GET_ITEM(entry, 0)), *item;
         int high = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
         if (high < 0 || PyErr_Occurred())
             goto fail;
-        if (high)
-            value >>= 32;
-        PyObject *item = PyLong_FromUnsignedLongLong(op64 ? value : value & 0xFFFFFFFFu);
+        if (stored && !high && op64 && PyLong_CheckExact(stored)) {
+            item = Py_NewRef(stored); /* the field's own value object */
+        } else {
+            uint64_t value = stored ? PyLong_AsUnsignedLongLongMask(stored) : 0;
+            if (high)
+                value >>= 32;
+            item = PyErr_Occurred() ? NULL : PyLong_FromUnsignedLongLong(op64 ? value : value & 0xFFFFFFFFu);
+        }
         if (!item || PyList_Append(values, item)) {
             Py_XDECREF(item);
             goto fail;
@@ -81,15 +86,18 @@ static PyObject *vmcs_write(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyObject *access = args[0], *fields = args[1];
     int op64 = PyObject_IsTrue(args[3]), any_field = PyObject_IsTrue(args[4]), outcome = ACCESS_OK;
     Py_ssize_t written = 0;
-    PyObject *seq = PySequence_Fast(args[2], "writes must be iterable");
-    if (op64 < 0 || any_field < 0 || !seq)
+    PyObject *it = PyObject_GetIter(args[2]), *pair;
+    if (op64 < 0 || any_field < 0 || !it)
         goto fail;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i), *encoding, *source;
-        if (!PyArg_ParseTuple(pair, "OO", &encoding, &source))
+    while ((pair = PyIter_Next(it))) {
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "a VMWRITE is an (encoding, value) pair");
+            Py_DECREF(pair);
             goto fail;
-        PyObject *entry = lookup(access, encoding);
+        }
+        PyObject *source = PyTuple_GET_ITEM(pair, 1), *entry = lookup(access, PyTuple_GET_ITEM(pair, 0));
         if (!entry) {
+            Py_DECREF(pair);
             if (PyErr_Occurred())
                 goto fail;
             outcome = ACCESS_UNSUPPORTED;
@@ -99,9 +107,12 @@ static PyObject *vmcs_write(PyObject *self, PyObject *const *args, Py_ssize_t na
         int high = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1)), read_only = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 3));
         uint64_t mask = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(entry, 2));
         uint64_t value = PyLong_AsUnsignedLongLongMask(source);
-        if (high < 0 || read_only < 0 || PyErr_Occurred())
+        if (high < 0 || read_only < 0 || PyErr_Occurred()) {
+            Py_DECREF(pair);
             goto fail;
+        }
         if (read_only && !any_field) {
+            Py_DECREF(pair);
             outcome = ACCESS_READ_ONLY;
             break;
         }
@@ -109,7 +120,17 @@ static PyObject *vmcs_write(PyObject *self, PyObject *const *args, Py_ssize_t na
             value = (field_value(fields, full) & 0xFFFFFFFFu) | (value & 0xFFFFFFFFu) << 32;
         else
             value &= op64 ? mask : mask & 0xFFFFFFFFu; /* outside 64-bit mode: 32-bit source */
-        PyObject *item = PyErr_Occurred() ? NULL : PyLong_FromUnsignedLongLong(value);
+        PyObject *item = NULL;
+        if (!high && PyLong_CheckExact(source)) {
+            uint64_t exact = PyLong_AsUnsignedLongLong(source); /* fails below 0 or beyond 64 bits */
+            if (PyErr_Occurred())
+                PyErr_Clear();
+            else if (exact == value)
+                item = Py_NewRef(source); /* kept whole: store the caller's object */
+        }
+        if (!item)
+            item = PyLong_FromUnsignedLongLong(value);
+        Py_DECREF(pair);
         if (!item || PyDict_SetItem(fields, full, item)) {
             Py_XDECREF(item);
             goto fail;
@@ -117,10 +138,12 @@ static PyObject *vmcs_write(PyObject *self, PyObject *const *args, Py_ssize_t na
         Py_DECREF(item);
         written++;
     }
-    Py_DECREF(seq);
+    if (PyErr_Occurred())
+        goto fail;
+    Py_DECREF(it);
     return Py_BuildValue("(in)", outcome, written);
 fail:
-    Py_XDECREF(seq);
+    Py_XDECREF(it);
     return NULL;
 }
 
