@@ -53,6 +53,7 @@ from nestvmx.hw.state import (
     RFLAGS_IF,
     RFLAGS_TF,
     RFLAGS_VM,
+    RSP,
     CpuState,
     Seg,
     Segment,
@@ -311,8 +312,11 @@ def check_host_state(model: CpuModel, f: Fields, root: CpuState) -> str | None:
     return None
 
 
+_guest_segment_fields = tuple(operator.itemgetter(*fields) for fields in GUEST_SEGMENT_FIELDS)
+
+
 def _guest_segments(f: Fields) -> list[Segment]:
-    return [Segment(f[sel], f[base], f[limit], f[ar]) for sel, base, limit, ar in GUEST_SEGMENT_FIELDS]
+    return [Segment(*fields(f)) for fields in _guest_segment_fields]
 
 
 def _limit_granularity_ok(seg: Segment) -> bool:
@@ -603,18 +607,23 @@ def _check_system_segments(tr: Segment, ldtr: Segment, ia32e: bool) -> str | Non
     return None
 
 
+_guest_control_registers = operator.itemgetter(F.VM_ENTRY_CONTROLS, F.GUEST_CR0, F.GUEST_CR3, F.GUEST_CR4)
+_guest_sysenter = operator.itemgetter(F.GUEST_SYSENTER_CS, F.GUEST_SYSENTER_ESP, F.GUEST_SYSENTER_EIP)
+_guest_tables = operator.itemgetter(F.GUEST_GDTR_BASE, F.GUEST_GDTR_LIMIT, F.GUEST_IDTR_BASE, F.GUEST_IDTR_LIMIT)
+_guest_registers = operator.itemgetter(F.GUEST_RSP, F.GUEST_RIP, F.GUEST_RFLAGS)
+_guest_non_register_state = operator.itemgetter(
+    F.GUEST_ACTIVITY_STATE, F.GUEST_INTERRUPTIBILITY_INFO, F.GUEST_PENDING_DBG_EXCEPTIONS
+)
+
+
 def load_guest_state(f: Fields, s: CpuState) -> None:
     """SDM §27.3.2: processor state from the guest-state area."""
-    entry_ctls = f[F.VM_ENTRY_CONTROLS]
+    entry_ctls, cr0, s.cr3, s.cr4 = _guest_control_registers(f)
     ia32e = bool(entry_ctls & EntryCtls.IA32E_MODE_GUEST)
-    s.cr0, s.cr3, s.cr4 = load_cr0(s.cr0, f[F.GUEST_CR0]), f[F.GUEST_CR3], f[F.GUEST_CR4]
+    s.cr0 = load_cr0(s.cr0, cr0)
     if entry_ctls & EntryCtls.LOAD_DEBUG_CONTROLS:
         s.dr7, s.debugctl = f[F.GUEST_DR7], f[F.GUEST_IA32_DEBUGCTL]
-    s.sysenter_cs, s.sysenter_esp, s.sysenter_eip = (
-        f[F.GUEST_SYSENTER_CS],
-        f[F.GUEST_SYSENTER_ESP],
-        f[F.GUEST_SYSENTER_EIP],
-    )
+    s.sysenter_cs, s.sysenter_esp, s.sysenter_eip = _guest_sysenter(f)
     if entry_ctls & EntryCtls.LOAD_PERF_GLOBAL_CTRL:
         s.perf_global_ctrl = f[F.GUEST_IA32_PERF_GLOBAL_CTRL]
     if entry_ctls & EntryCtls.LOAD_PAT:
@@ -625,12 +634,9 @@ def load_guest_state(f: Fields, s: CpuState) -> None:
         lm = EFER_LMA | EFER_LME
         s.efer = (s.efer | lm) if ia32e else (s.efer & ~EFER_LMA & ~(EFER_LME if s.cr0 & CR0_PG else 0))
     s.segs = _guest_segments(f)
-    s.gdtr_base, s.gdtr_limit = f[F.GUEST_GDTR_BASE], f[F.GUEST_GDTR_LIMIT]
-    s.idtr_base, s.idtr_limit = f[F.GUEST_IDTR_BASE], f[F.GUEST_IDTR_LIMIT]
-    s.rsp, s.rip, s.rflags = f[F.GUEST_RSP], f[F.GUEST_RIP], f[F.GUEST_RFLAGS]
-    s.activity_state = f[F.GUEST_ACTIVITY_STATE]
-    s.interruptibility = f[F.GUEST_INTERRUPTIBILITY_INFO]
-    s.pending_dbg_exceptions = f[F.GUEST_PENDING_DBG_EXCEPTIONS]
+    s.gdtr_base, s.gdtr_limit, s.idtr_base, s.idtr_limit = _guest_tables(f)
+    s.gpr[RSP], s.rip, s.rflags = _guest_registers(f)
+    s.activity_state, s.interruptibility, s.pending_dbg_exceptions = _guest_non_register_state(f)
 
 
 # MSRs that the VM-entry MSR-load area may not load (SDM §27.4): FS/GS base, the SMM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, exit_reason_name
@@ -18,8 +19,8 @@ from nestvmx.hw.state import (
     EFER_LMA,
     EFER_LME,
     RFLAGS_FIXED,
+    RSP,
     CpuState,
-    Seg,
     Segment,
 )
 
@@ -132,18 +133,33 @@ def save_guest_state(fields: dict[int, int], s: CpuState) -> None:
         fields[F.VM_ENTRY_CONTROLS] &= ~EntryCtls.IA32E_MODE_GUEST
 
 
+_host_control_registers = itemgetter(F.VM_EXIT_CONTROLS, F.HOST_CR0, F.HOST_CR3, F.HOST_CR4)
+_host_selectors = itemgetter(
+    F.HOST_ES_SELECTOR,
+    F.HOST_CS_SELECTOR,
+    F.HOST_SS_SELECTOR,
+    F.HOST_DS_SELECTOR,
+    F.HOST_FS_SELECTOR,
+    F.HOST_GS_SELECTOR,
+    F.HOST_TR_SELECTOR,
+)
+_host_bases = itemgetter(F.HOST_FS_BASE, F.HOST_GS_BASE, F.HOST_TR_BASE, F.HOST_GDTR_BASE, F.HOST_IDTR_BASE)
+_host_sysenter = itemgetter(F.HOST_IA32_SYSENTER_CS, F.HOST_IA32_SYSENTER_ESP, F.HOST_IA32_SYSENTER_EIP)
+_HOST_DATA_AR = 0x3 | AR_S | AR_P | AR_DB | AR_G
+
+
 def load_host_state(fields: dict[int, int], s: CpuState) -> None:
     """SDM §28.5: processor state from the host-state area; RFLAGS is cleared but for bit 1."""
-    exit_ctls = fields[F.VM_EXIT_CONTROLS]
+    exit_ctls, cr0, cr3, cr4 = _host_control_registers(fields)
+    es, cs, ss, ds, fs, gs, tr = _host_selectors(fields)
+    fs_base, gs_base, tr_base, gdtr_base, idtr_base = _host_bases(fields)
     long_mode = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
-    s.cr0 = load_cr0(s.cr0, fields[F.HOST_CR0])
-    s.cr3 = fields[F.HOST_CR3]
-    s.cr4 = fields[F.HOST_CR4] | (CR4_PAE if long_mode else 0)
+    s.cr0 = load_cr0(s.cr0, cr0)
+    s.cr3 = cr3
+    s.cr4 = cr4 | (CR4_PAE if long_mode else 0)
     s.dr7 = 0x400
     s.debugctl = 0
-    s.sysenter_cs = fields[F.HOST_IA32_SYSENTER_CS]
-    s.sysenter_esp = fields[F.HOST_IA32_SYSENTER_ESP]
-    s.sysenter_eip = fields[F.HOST_IA32_SYSENTER_EIP]
+    s.sysenter_cs, s.sysenter_esp, s.sysenter_eip = _host_sysenter(fields)
     if exit_ctls & ExitCtls.LOAD_PAT:
         s.pat = fields[F.HOST_IA32_PAT]
     if exit_ctls & ExitCtls.LOAD_EFER:
@@ -154,28 +170,25 @@ def load_host_state(fields: dict[int, int], s: CpuState) -> None:
         s.efer &= ~(EFER_LMA | EFER_LME)
     if exit_ctls & ExitCtls.LOAD_PERF_GLOBAL_CTRL:
         s.perf_global_ctrl = fields[F.HOST_IA32_PERF_GLOBAL_CTRL]
+
+    def data(selector: int, base: int = 0, ss: bool = False) -> Segment:
+        unusable = selector == 0 and not (ss and long_mode)
+        return Segment(selector, base, 0xFFFF_FFFF, _HOST_DATA_AR | (AR_UNUSABLE if unusable else 0))
+
     code = 0xB | AR_S | AR_P | AR_G | (AR_L if long_mode else AR_DB)
-    s.segs[Seg.CS] = Segment(fields[F.HOST_CS_SELECTOR], 0, 0xFFFF_FFFF, code)
-    for seg, sel_field in (
-        (Seg.ES, F.HOST_ES_SELECTOR),
-        (Seg.SS, F.HOST_SS_SELECTOR),
-        (Seg.DS, F.HOST_DS_SELECTOR),
-        (Seg.FS, F.HOST_FS_SELECTOR),
-        (Seg.GS, F.HOST_GS_SELECTOR),
-    ):
-        selector = fields[sel_field]
-        unusable = selector == 0 and not (seg == Seg.SS and long_mode)
-        s.segs[seg] = Segment(
-            selector, 0, 0xFFFF_FFFF, 0x3 | AR_S | AR_P | AR_DB | AR_G | (AR_UNUSABLE if unusable else 0)
-        )
-    s.segs[Seg.FS].base = fields[F.HOST_FS_BASE]
-    s.segs[Seg.GS].base = fields[F.HOST_GS_BASE]
-    s.segs[Seg.LDTR] = Segment(0, 0, 0, AR_UNUSABLE)
-    s.segs[Seg.TR] = Segment(fields[F.HOST_TR_SELECTOR], fields[F.HOST_TR_BASE], 0x67, 0xB | AR_P)
-    s.gdtr_base, s.gdtr_limit = fields[F.HOST_GDTR_BASE], 0xFFFF
-    s.idtr_base, s.idtr_limit = fields[F.HOST_IDTR_BASE], 0xFFFF
-    s.rsp = fields[F.HOST_RSP]
-    s.rip = fields[F.HOST_RIP]
+    s.segs[:] = (  # ES, CS, SS, DS, FS, GS, LDTR, TR
+        data(es),
+        Segment(cs, 0, 0xFFFF_FFFF, code),
+        data(ss, ss=True),
+        data(ds),
+        data(fs, fs_base),
+        data(gs, gs_base),
+        Segment(0, 0, 0, AR_UNUSABLE),
+        Segment(tr, tr_base, 0x67, 0xB | AR_P),
+    )
+    s.gdtr_base, s.gdtr_limit = gdtr_base, 0xFFFF
+    s.idtr_base, s.idtr_limit = idtr_base, 0xFFFF
+    s.gpr[RSP], s.rip = fields[F.HOST_RSP], fields[F.HOST_RIP]
     s.rflags = RFLAGS_FIXED
     s.activity_state = 0
     s.interruptibility = 0
