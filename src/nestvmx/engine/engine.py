@@ -235,7 +235,9 @@ class GuestContext:
             stop=ctypes.cast(_ucmod.uclib.uc_emu_stop, ctypes.c_void_p),
             reg_read=ctypes.cast(_ucmod.uclib.uc_reg_read, ctypes.c_void_p),
             rflags_id=X.UC_X86_REG_RFLAGS,
+            on_special=engine._on_special,
         )
+        self._special = (ctypes.c_uint64 * 0)()
         self.shadow_path = _shadow_path(engine)
         self.exception_state = _QemuExceptionState(self.uc)
         self._map_memory()
@@ -290,9 +292,12 @@ class GuestContext:
             self.uc.mem_protect(gpa & ~0xFFF, 0x1000, m.perms)  # already mapped: permissions changed
 
     def hook_special(self, address: int) -> None:
+        """Have the instruction counter call Engine._on_special before the instruction at `address`."""
         if address not in self.hooked:
             self.hooked.add(address)
-            self.uc.hook_add(UC.UC_HOOK_CODE, self.engine._on_special, None, address, address)
+            self._special = (ctypes.c_uint64 * len(self.hooked))(*sorted(self.hooked))
+            self.counter.special = ctypes.addressof(self._special)
+            self.counter.n_special = len(self._special)
 
 
 # The host's local APIC timer vector (Linux's LOCAL_TIMER_VECTOR).
@@ -521,7 +526,7 @@ class Engine:
             self._halt("memory", uc.reg_read(X.UC_X86_REG_RIP), access=access, address=address)
         return False
 
-    def _on_special(self, uc: Uc, address: int, size: int, _ud) -> None:
+    def _on_special(self, address: int) -> None:
         if self.skip_special == address:  # run again after the stop in front of it: counted once
             self.skip_special = None
             self.ctx.counter.count -= 1

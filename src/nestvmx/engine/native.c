@@ -1,8 +1,8 @@
 /* Callbacks Unicorn runs inside emu_start for the execution engine (engine.py), built once with the
    machine's gcc by native.py.  Each one saves a round trip through a Python hook:
    - nestvmx_count_insn counts instructions (~15 ns against ~500 ns), keeps the last two started
-     and RFLAGS as the last started, and stops the emulation when the count reaches `limit` (the
-     host timer; 0 = never);
+     and RFLAGS as the last started, stops the emulation when the count reaches `limit` (the
+     host timer; 0 = never), and calls the engine at the instructions it must see first;
    - nestvmx_shadow_vmx serves register-form VMREAD/VMWRITE of non-root operation from the shadow
      VMCS (SDM 26.10) when the processor model would; any other case, and any doubt, calls the
      engine back to stop the guest there, and LogicalProcessor.execute runs the instruction.  */
@@ -16,10 +16,28 @@ struct counter {
     int (*stop)(void *);
     int (*reg_read)(void *uc, int id, void *value);
     int rflags_id;
+    /* Instruction addresses where the engine stops the guest (sorted), and its callback. */
+    const uint64_t *special;
+    size_t n_special;
+    PyObject *on_special; /* called with the address */
 };
 
+static bool is_special(const struct counter *c, uint64_t address)
+{
+    size_t low = 0, high = c->n_special;
+    while (low < high) {
+        size_t middle = low + (high - low) / 2;
+        if (c->special[middle] < address)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    return low < c->n_special && c->special[low] == address;
+}
+
 /* `rflags` is RFLAGS as `last` starts: QEMU may change the flags of an instruction (RCL/RCR compute
-   them before their memory access) and then unwind it on a fault without restoring them. */
+   them before their memory access) and then unwind it on a fault without restoring them.  One code
+   hook serves every special address: Unicorn checks each code hook's range at every instruction. */
 void nestvmx_count_insn(void *uc, uint64_t address, uint32_t size, struct counter *c)
 {
     (void)size;
@@ -28,6 +46,14 @@ void nestvmx_count_insn(void *uc, uint64_t address, uint32_t size, struct counte
     c->reg_read(uc, c->rflags_id, &c->rflags);
     if (++c->count == c->limit)
         c->stop(uc);
+    if (c->n_special && is_special(c, address)) {
+        PyGILState_STATE gil = PyGILState_Ensure(); /* Unicorn runs with the GIL released */
+        PyObject *result = PyObject_CallFunction(c->on_special, "K", (unsigned long long)address);
+        if (!result)
+            PyErr_WriteUnraisable(c->on_special);
+        Py_XDECREF(result);
+        PyGILState_Release(gil);
+    }
 }
 
 enum { STATE_RIP, STATE_CS, STATE_SS, STATE_RFLAGS, N_STATE };

@@ -15,7 +15,7 @@ _SOURCE = Path(__file__).with_name("native.c")
 
 class InstructionCounter(ctypes.Structure):
     """nestvmx_count_insn's data (struct counter); `stop` and `reg_read` are Unicorn's uc_emu_stop and
-    uc_reg_read."""
+    uc_reg_read; `special` points to `n_special` sorted addresses, where it calls `on_special`."""
 
     _fields_ = [
         ("count", ctypes.c_uint64),
@@ -26,6 +26,9 @@ class InstructionCounter(ctypes.Structure):
         ("stop", ctypes.c_void_p),
         ("reg_read", ctypes.c_void_p),
         ("rflags_id", ctypes.c_int),
+        ("special", ctypes.c_void_p),
+        ("n_special", ctypes.c_size_t),
+        ("on_special", ctypes.py_object),
     ]
 
 
