@@ -89,12 +89,12 @@ class ExitReason(enum.IntEnum):
 EXIT_REASON_FAILED_VMENTRY = 1 << 31  # bit 31 of the exit-reason field (SDM §28.2.1)
 
 
+_NAMES = {reason.value: reason.name for reason in ExitReason}  # counted at every exit: no enum call
+
+
 def exit_reason_name(basic: int) -> str:
     """SDM name of a basic exit reason; unknown numbers are shown as numbers."""
-    try:
-        return ExitReason(basic).name
-    except ValueError:
-        return f"REASON_{basic}"
+    return _NAMES.get(basic) or f"REASON_{basic}"
 
 
 class EntryFailureQualification(enum.IntEnum):

@@ -143,16 +143,38 @@ _host_selectors = itemgetter(
     F.HOST_GS_SELECTOR,
     F.HOST_TR_SELECTOR,
 )
-_host_bases = itemgetter(F.HOST_FS_BASE, F.HOST_GS_BASE, F.HOST_TR_BASE, F.HOST_GDTR_BASE, F.HOST_IDTR_BASE)
+_host_segment_bases = itemgetter(F.HOST_FS_BASE, F.HOST_GS_BASE, F.HOST_TR_BASE)
 _host_sysenter = itemgetter(F.HOST_IA32_SYSENTER_CS, F.HOST_IA32_SYSENTER_ESP, F.HOST_IA32_SYSENTER_EIP)
 _HOST_DATA_AR = 0x3 | AR_S | AR_P | AR_DB | AR_G
+
+
+def host_segments(fields: dict[int, int]) -> list[tuple[int, int, int, int]]:
+    """(selector, base, limit, access rights) of ES, CS, SS, DS, FS, GS, LDTR and TR as a VM exit
+    loads them from the host-state area (SDM §28.5.2)."""
+    long_mode = bool(fields[F.VM_EXIT_CONTROLS] & ExitCtls.HOST_ADDR_SPACE_SIZE)
+    es, cs, ss, ds, fs, gs, tr = _host_selectors(fields)
+    fs_base, gs_base, tr_base = _host_segment_bases(fields)
+
+    def data(selector: int, base: int = 0, ss: bool = False) -> tuple[int, int, int, int]:
+        unusable = selector == 0 and not (ss and long_mode)
+        return selector, base, 0xFFFF_FFFF, _HOST_DATA_AR | (AR_UNUSABLE if unusable else 0)
+
+    code = 0xB | AR_S | AR_P | AR_G | (AR_L if long_mode else AR_DB)
+    return [
+        data(es),
+        (cs, 0, 0xFFFF_FFFF, code),
+        data(ss, ss=True),
+        data(ds),
+        data(fs, fs_base),
+        data(gs, gs_base),
+        (0, 0, 0, AR_UNUSABLE),
+        (tr, tr_base, 0x67, 0xB | AR_P),
+    ]
 
 
 def load_host_state(fields: dict[int, int], s: CpuState) -> None:
     """SDM §28.5: processor state from the host-state area; RFLAGS is cleared but for bit 1."""
     exit_ctls, cr0, cr3, cr4 = _host_control_registers(fields)
-    es, cs, ss, ds, fs, gs, tr = _host_selectors(fields)
-    fs_base, gs_base, tr_base, gdtr_base, idtr_base = _host_bases(fields)
     long_mode = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
     s.cr0 = load_cr0(s.cr0, cr0)
     s.cr3 = cr3
@@ -170,24 +192,9 @@ def load_host_state(fields: dict[int, int], s: CpuState) -> None:
         s.efer &= ~(EFER_LMA | EFER_LME)
     if exit_ctls & ExitCtls.LOAD_PERF_GLOBAL_CTRL:
         s.perf_global_ctrl = fields[F.HOST_IA32_PERF_GLOBAL_CTRL]
-
-    def data(selector: int, base: int = 0, ss: bool = False) -> Segment:
-        unusable = selector == 0 and not (ss and long_mode)
-        return Segment(selector, base, 0xFFFF_FFFF, _HOST_DATA_AR | (AR_UNUSABLE if unusable else 0))
-
-    code = 0xB | AR_S | AR_P | AR_G | (AR_L if long_mode else AR_DB)
-    s.segs[:] = (  # ES, CS, SS, DS, FS, GS, LDTR, TR
-        data(es),
-        Segment(cs, 0, 0xFFFF_FFFF, code),
-        data(ss, ss=True),
-        data(ds),
-        data(fs, fs_base),
-        data(gs, gs_base),
-        Segment(0, 0, 0, AR_UNUSABLE),
-        Segment(tr, tr_base, 0x67, 0xB | AR_P),
-    )
-    s.gdtr_base, s.gdtr_limit = gdtr_base, 0xFFFF
-    s.idtr_base, s.idtr_limit = idtr_base, 0xFFFF
+    s.segs[:] = [Segment(*segment) for segment in host_segments(fields)]
+    s.gdtr_base, s.gdtr_limit = fields[F.HOST_GDTR_BASE], 0xFFFF
+    s.idtr_base, s.idtr_limit = fields[F.HOST_IDTR_BASE], 0xFFFF
     s.gpr[RSP], s.rip = fields[F.HOST_RSP], fields[F.HOST_RIP]
     s.rflags = RFLAGS_FIXED
     s.activity_state = 0

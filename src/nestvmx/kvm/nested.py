@@ -23,12 +23,7 @@ from nestvmx.hw.bitmaps import io_bitmap_bits, msr_bitmap_bit
 from nestvmx.hw.exceptions import Vector, X86Exception
 from nestvmx.hw.processor import VM_SUCCEED
 from nestvmx.hw.state import (
-    AR_DB,
-    AR_G,
     AR_L,
-    AR_P,
-    AR_S,
-    AR_UNUSABLE,
     CR4_VMXE,
     EFER_LMA,
     EFER_LME,
@@ -41,7 +36,7 @@ from nestvmx.hw.state import (
     canonical,
 )
 from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR
-from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, SAVED_UNDER_EXIT_CONTROL, VmExit, load_cr0
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, SAVED_UNDER_EXIT_CONTROL, VmExit, host_segments, load_cr0
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
 from nestvmx.kvm.vmcs12 import ABORT_OFFSET, VMCS12_REVISION, VMCS12_SIZE, Vmcs12
@@ -994,8 +989,6 @@ class NestedVmx:
         self.guest_mode = False
         exit_ctls = f[F.VM_EXIT_CONTROLS]
         host64 = bool(exit_ctls & ExitCtls.HOST_ADDR_SPACE_SIZE)
-        code = 0xB | AR_S | AR_P | AR_G | (AR_L if host64 else AR_DB)
-        data = 0x3 | AR_S | AR_P | AR_DB | AR_G
         # CR0.ET/CD/NW and reserved bits stay as they were (§28.5.1; KVM loads HOST_CR0 whole).
         cr0 = load_cr0(f[F.GUEST_CR0] if l2 else v.vmread(F.CR0_READ_SHADOW), f[F.HOST_CR0])
         values = {
@@ -1028,26 +1021,8 @@ class NestedVmx:
             values[F.GUEST_IA32_PAT] = f[F.HOST_IA32_PAT]
         elif l2:
             values[F.GUEST_IA32_PAT] = l2[F.GUEST_IA32_PAT]
-        selectors = {
-            Seg.ES: F.HOST_ES_SELECTOR,
-            Seg.CS: F.HOST_CS_SELECTOR,
-            Seg.SS: F.HOST_SS_SELECTOR,
-            Seg.DS: F.HOST_DS_SELECTOR,
-            Seg.FS: F.HOST_FS_SELECTOR,
-            Seg.GS: F.HOST_GS_SELECTOR,
-        }
-        for seg, (sel, base, limit, ar) in enumerate(GUEST_SEGMENT_FIELDS):
-            if seg in selectors:
-                selector = f[selectors[seg]]
-                attrs = code if seg == Seg.CS else data
-                if seg != Seg.CS and selector == 0 and not (seg == Seg.SS and host64):
-                    attrs |= AR_UNUSABLE
-                values.update({sel: selector, base: 0, limit: 0xFFFF_FFFF, ar: attrs})
-            elif seg == Seg.TR:
-                values.update({sel: f[F.HOST_TR_SELECTOR], base: f[F.HOST_TR_BASE], limit: 0x67, ar: 0xB | AR_P})
-            else:
-                values.update({sel: 0, base: 0, limit: 0, ar: AR_UNUSABLE})
-        values[F.GUEST_FS_BASE], values[F.GUEST_GS_BASE] = f[F.HOST_FS_BASE], f[F.HOST_GS_BASE]
+        for fields, segment in zip(GUEST_SEGMENT_FIELDS, host_segments(f), strict=True):
+            values.update(zip(fields, segment, strict=True))
         v.vmwrite_many(values)
         bad_msr = self._load_msrs(f[F.VM_EXIT_MSR_LOAD_ADDR], f[F.VM_EXIT_MSR_LOAD_COUNT])
         if bad_msr is not None:
