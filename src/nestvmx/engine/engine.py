@@ -58,6 +58,7 @@ from nestvmx.hw.exceptions import ERROR_CODE_VECTORS, Vector, X86Exception
 from nestvmx.hw.instruction import MemOperand, VmxInstruction
 from nestvmx.hw.processor import LogicalProcessor
 from nestvmx.hw.state import CR0_PE, CR4_PCE, RFLAGS_IF, RFLAGS_VM, CpuState, Seg, Segment, canonical
+from nestvmx.hw.vmcs import secondary_controls
 from nestvmx.hw.vmexit import VmExit
 
 _M = iced_x86.Mnemonic
@@ -441,10 +442,7 @@ class Engine:
 
     def _eptp(self) -> int | None:
         f = self.cpu.current.fields
-        if (
-            f[F.CPU_BASED_VM_EXEC_CONTROL] & P.ACTIVATE_SECONDARY_CONTROLS
-            and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & S.ENABLE_EPT
-        ):
+        if secondary_controls(f) & S.ENABLE_EPT:
             return f[F.EPT_POINTER]
         return None
 
@@ -837,9 +835,7 @@ class Engine:
         s = self.cpu.state
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL]
         rdtscp = ins.mnemonic == _M.RDTSCP
-        if rdtscp and not (
-            primary & P.ACTIVATE_SECONDARY_CONTROLS and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & S.ENABLE_RDTSCP
-        ):
+        if rdtscp and not secondary_controls(f) & S.ENABLE_RDTSCP:
             return self._exception(Vector.UD)
         if s.cr4 & _CR4_TSD and s.cpl > 0:
             return self._exception(Vector.GP, 0)

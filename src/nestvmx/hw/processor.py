@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from nestvmx.arch.controls import INTR_INFO_VALID, ControlKind, PrimaryCtls, SecondaryCtls
+from nestvmx.arch.controls import INTR_INFO_VALID, ControlKind, SecondaryCtls
 from nestvmx.arch.errors import VmxError
 from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
 from nestvmx.arch.fields import Field as F
@@ -61,6 +61,7 @@ from nestvmx.hw.vmcs import (
     clear_region,
     load_region,
     read_revision,
+    secondary_controls,
     store_region,
 )
 from nestvmx.hw.vmexit import VmExit, load_host_state, save_guest_state, write_exit_information
@@ -424,10 +425,7 @@ class LogicalProcessor:
         return exit
 
     def _shadowing_enabled(self, f: dict[int, int]) -> bool:
-        return bool(
-            f[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
-            and f.get(F.SECONDARY_VM_EXEC_CONTROL, 0) & SecondaryCtls.SHADOW_VMCS
-        )
+        return bool(secondary_controls(f) & SecondaryCtls.SHADOW_VMCS)
 
     # ------------------------------------------------ decoded instructions
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from nestvmx.arch.controls import PrimaryCtls
+from nestvmx.arch.fields import Field as F
 from nestvmx.hw.cpu_models import CpuModel
 from nestvmx.hw.memory import PhysicalMemory
 
@@ -39,6 +41,17 @@ class VmcsData:
     shadow: bool  # the shadow-VMCS indicator read when the VMCS was made active
     launch_state: LaunchState = LaunchState.CLEAR
     fields: dict[int, int] = field(default_factory=dict)  # FULL encoding -> value
+
+
+_ACTIVATE_SECONDARY_CONTROLS = PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS  # an enum lookup costs ~50 ns
+
+
+def secondary_controls(fields: dict[int, int]) -> int:
+    """The secondary processor-based controls in effect: none unless the primary controls'
+    "activate secondary controls" is 1 (SDM §25.6.2)."""
+    if fields[F.CPU_BASED_VM_EXEC_CONTROL] & _ACTIVATE_SECONDARY_CONTROLS:
+        return fields.get(F.SECONDARY_VM_EXEC_CONTROL, 0)
+    return 0
 
 
 def read_revision(memory: PhysicalMemory, address: int) -> int:

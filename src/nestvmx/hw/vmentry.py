@@ -59,7 +59,7 @@ from nestvmx.hw.state import (
     Segment,
     canonical,
 )
-from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR, read_revision
+from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR, read_revision, secondary_controls
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, load_cr0
 
 Fields = dict[int, int]
@@ -123,15 +123,9 @@ def eptp_valid(model: CpuModel, eptp: int) -> bool:
     return eptp & 0xF80 == 0 and eptp >> model.phys_addr_bits == 0
 
 
-def _secondary(f: Fields) -> int:
-    if f[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS:
-        return f.get(F.SECONDARY_VM_EXEC_CONTROL, 0)
-    return 0
-
-
 def check_controls(model: CpuModel, f: Fields, memory: PhysicalMemory) -> str | None:
     """The first VM-execution, VM-exit or VM-entry control rule the VMCS breaks, or None."""
-    pin, primary, secondary = f[F.PIN_BASED_VM_EXEC_CONTROL], f[F.CPU_BASED_VM_EXEC_CONTROL], _secondary(f)
+    pin, primary, secondary = f[F.PIN_BASED_VM_EXEC_CONTROL], f[F.CPU_BASED_VM_EXEC_CONTROL], secondary_controls(f)
     exit_ctls, entry_ctls = f[F.VM_EXIT_CONTROLS], f[F.VM_ENTRY_CONTROLS]
     if not control_allowed(model, ControlKind.PIN, pin):
         return "pin-based controls reserved bits"
@@ -328,7 +322,7 @@ def _limit_granularity_ok(seg: Segment) -> bool:
 def check_guest_state(model: CpuModel, f: Fields, memory: PhysicalMemory, current_vmcs: int) -> tuple[str, int] | None:
     """The first guest-state rule (SDM §27.3.1) the VMCS breaks, with the exit qualification."""
     m = model.msrs
-    entry_ctls, secondary = f[F.VM_ENTRY_CONTROLS], _secondary(f)
+    entry_ctls, secondary = f[F.VM_ENTRY_CONTROLS], secondary_controls(f)
     unrestricted = bool(secondary & SecondaryCtls.UNRESTRICTED_GUEST)
     ia32e = bool(entry_ctls & EntryCtls.IA32E_MODE_GUEST)
     cr0, cr4, rflags = f[F.GUEST_CR0], f[F.GUEST_CR4], f[F.GUEST_RFLAGS]
@@ -510,7 +504,7 @@ def _reads_other_memory(f: Fields) -> bool:
         return True
     cr0, cr4 = f[F.GUEST_CR0], f[F.GUEST_CR4]
     ia32e = f[F.VM_ENTRY_CONTROLS] & EntryCtls.IA32E_MODE_GUEST
-    return bool(cr0 & CR0_PG and cr4 & CR4_PAE and not ia32e and not _secondary(f) & SecondaryCtls.ENABLE_EPT)
+    return bool(cr0 & CR0_PG and cr4 & CR4_PAE and not ia32e and not secondary_controls(f) & SecondaryCtls.ENABLE_EPT)
 
 
 def _check_link_pointer(

@@ -35,7 +35,7 @@ from nestvmx.hw.state import (
     Segment,
     canonical,
 )
-from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR
+from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR, secondary_controls
 from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, SAVED_UNDER_EXIT_CONTROL, VmExit, host_segments, load_cr0
 from nestvmx.kvm.ept import EptTables
 from nestvmx.kvm.nested_caps import nested_model
@@ -668,7 +668,9 @@ class NestedVmx:
         # halted L2 blocks its vCPU, KVM's kvm_emulate_halt).
         primary |= PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS | PrimaryCtls.HLT_EXITING
         primary |= PrimaryCtls.RDPMC_EXITING  # L0 emulates RDPMC (no PMU) when L1 does not intercept it
-        secondary = self._secondary12() & (SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID)
+        secondary = secondary_controls(self.vmcs12.fields) & (
+            SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID
+        )
         secondary |= SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
         cr0_l0, cr4_l0 = v.cr0_host_owned, v.cr4_host_owned
         values = {
@@ -731,16 +733,8 @@ class NestedVmx:
         self.guest_mode = self.nested_run_pending = True
         v.stats.nested_vmentries += 1
 
-    def _secondary12(self) -> int:
-        f = self.vmcs12.fields
-        return (
-            f[F.SECONDARY_VM_EXEC_CONTROL]
-            if f[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
-            else 0
-        )
-
     def _uses_ept12(self) -> bool:
-        return bool(self._secondary12() & SecondaryCtls.ENABLE_EPT)
+        return bool(secondary_controls(self.vmcs12.fields) & SecondaryCtls.ENABLE_EPT)
 
     # ------------------------------------------------ EPT02
 
