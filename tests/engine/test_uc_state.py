@@ -68,13 +68,13 @@ def test_an_entry_state_comes_back_at_the_exit(gpr, rip, flags, bases, limits, s
         assert getattr(back, name) == getattr(s, name), name
     assert (back.idtr_limit, back.sysenter_cs, back.sysenter_esp, back.sysenter_eip) == (s.idtr_limit, *sysenter)
     assert back.segs == s.segs
-    assert (regs.selector(Seg.CS), regs.cr3()) == (0x08, PML4)
+    assert (regs.selectors()[Seg.CS], regs.cr3()) == (0x08, PML4)
 
 
 def test_an_entry_writes_only_what_unicorn_does_not_hold() -> None:
     uc = _unicorn()
     regs = UnicornRegisters(uc)
-    assert regs.selector(Seg.DS) is None  # nothing transferred yet
+    assert regs.selectors() == [None] * 6  # nothing transferred yet
     s = _state()
     regs.load(s)
     uc.reg_write(X.UC_X86_REG_RAX, 0x1234)  # behind the cache's back

@@ -48,7 +48,6 @@ from nestvmx.engine.guest_memory import GuestMemory
 from nestvmx.engine.native import InstructionCounter, ShadowPath, native_library
 from nestvmx.engine.uc_state import (
     GPR_IDS,
-    SEGMENT_IDS,
     UnicornRegisters,
     descriptor_segment,
 )
@@ -414,7 +413,8 @@ class Engine:
         selectors change, the GDT entries and the paging structures that map them are mapped into
         the instance, or the access takes the EPT violation it would cause (EPT02 is filled lazily)."""
         s = self.cpu.state
-        changed = [s.segs[seg].selector for seg in SEGMENT_IDS if ctx.regs.selector(seg) != s.segs[seg].selector]
+        held = ctx.regs.selectors()
+        changed = [seg.selector for seg, old in zip(s.segs[:6], held, strict=True) if seg.selector != old]
         linears = {s.gdtr_base + (sel & ~7) for sel in changed if sel & ~7 and not sel & 4 and sel | 7 <= s.gdtr_limit}
         if not linears:
             return None

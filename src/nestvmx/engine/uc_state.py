@@ -136,15 +136,14 @@ class UnicornRegisters:
         self._address = ctypes.addressof(self._file)
         self._native = native_module()
 
-    def _known(self, slot: int) -> int | None:
-        return self._file.ints[slot] if self._file.known >> slot & 1 else None
-
-    def selector(self, seg: Seg) -> int | None:
-        """The selector Unicorn holds for ES..GS, None before the first transfer."""
-        return self._known(_SELECTOR_SLOT + seg)
+    def selectors(self) -> list[int | None]:
+        """The selectors Unicorn holds for ES..GS; all None while one is unknown (before the first transfer)."""
+        if ~self._file.known >> _SELECTOR_SLOT & 0x3F:
+            return [None] * 6
+        return self._file.ints[_SELECTOR_SLOT : _SELECTOR_SLOT + 6]
 
     def cr3(self) -> int | None:
-        return self._known(_CR3_SLOT)
+        return self._file.ints[_CR3_SLOT] if self._file.known >> _CR3_SLOT & 1 else None
 
     def load(self, s: CpuState) -> None:
         """Make Unicorn's CPU the processor state `s` (VM entry)."""

@@ -116,6 +116,20 @@ _L1_STATE_FIELDS = (
 GUEST_STATE_AND_READ_SHADOWS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
+# The controls of vmcs02 beyond vmcs12's (prepare_vmcs02).  L0 reads L1's I/O and MSR bitmaps
+# itself; HLT is L0's to handle when L1 does not intercept it (a halted L2 blocks its vCPU, KVM's
+# kvm_emulate_halt); L0 emulates RDPMC (no PMU) when L1 does not intercept it.
+_PIN02 = PinBased.EXT_INTR_EXITING | PinBased.NMI_EXITING
+_PRIMARY12_DROPPED = PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS
+_PRIMARY02 = (
+    PrimaryCtls.UNCOND_IO_EXITING
+    | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS
+    | PrimaryCtls.HLT_EXITING
+    | PrimaryCtls.RDPMC_EXITING
+)
+_SECONDARY12_KEPT = SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID
+_SECONDARY02 = SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
+_ENTRY02 = EntryCtls.LOAD_EFER | EntryCtls.LOAD_PAT | EntryCtls.LOAD_DEBUG_CONTROLS  # L1's values, or L2's
 
 
 class NestedVmx:
@@ -124,6 +138,9 @@ class NestedVmx:
     def __init__(self, vcpu: VmxVcpu) -> None:
         self.vcpu = vcpu
         self.model = nested_model(vcpu.model)  # the processor L1 sees
+        # The recommended maximum of an MSR area, 512 × (IA32_VMX_MISC[27:25] + 1) (SDM A.6); KVM
+        # fails the load or store at that index (nested_vmx_load_msr), which bounds L0's work.
+        self.msr_area_limit = 512 * (((self.model.msrs[Msr.IA32_VMX_MISC] >> 25) & 7) + 1)
         self.entry_checks = vmentry.EntryChecks(
             self.model, catalogue=True
         )  # L0's checks of vmcs12 (nested_vmx_check_*)
@@ -610,15 +627,10 @@ class NestedVmx:
             return self.entry_failure(ExitReason.MSR_LOADING, bad_msr)
         return None
 
-    def _msr_area_limit(self) -> int:
-        """The recommended maximum of an MSR area, 512 × (IA32_VMX_MISC[27:25] + 1) (SDM A.6); KVM
-        fails the load or store at that index (nested_vmx_load_msr), which bounds L0's work."""
-        return 512 * (((self.model.msrs[Msr.IA32_VMX_MISC] >> 25) & 7) + 1)
-
     def _store_msrs(self, address: int, count: int) -> int | None:
         """The VM-exit MSR-store area (SDM §28.4): L2's MSR values, while vmcs02 is current (KVM's
         nested_vmx_store_msr); the 1-based index of the first entry that fails, or None."""
-        max_entries = self._msr_area_limit()
+        max_entries = self.msr_area_limit
         for i in range(count):
             entry = address + 16 * i
             index, reserved = self.l1_memory.read_bus(entry, 4), self.l1_memory.read_bus(entry + 4, 4)
@@ -631,7 +643,7 @@ class NestedVmx:
         return None
 
     def _load_msrs(self, address: int, count: int) -> int | None:
-        max_entries = self._msr_area_limit()
+        max_entries = self.msr_area_limit
         for i in range(count):
             if i >= max_entries:
                 return i + 1
@@ -663,27 +675,15 @@ class NestedVmx:
         )
         l2_cr0 = load_cr0(l1_cr0, f[F.GUEST_CR0])  # CD, NW, ET stay L1's (§27.3.2.1)
         self.load_vmcs(self.vmcs02)
-        primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~(PrimaryCtls.USE_IO_BITMAPS | PrimaryCtls.USE_MSR_BITMAPS)
-        # L1's I/O bitmaps are read by L0; HLT is L0's to handle when L1 does not intercept it (a
-        # halted L2 blocks its vCPU, KVM's kvm_emulate_halt).
-        primary |= PrimaryCtls.UNCOND_IO_EXITING | PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS | PrimaryCtls.HLT_EXITING
-        primary |= PrimaryCtls.RDPMC_EXITING  # L0 emulates RDPMC (no PMU) when L1 does not intercept it
-        secondary = secondary_controls(self.vmcs12.fields) & (
-            SecondaryCtls.ENABLE_RDTSCP | SecondaryCtls.ENABLE_INVPCID
-        )
-        secondary |= SecondaryCtls.ENABLE_EPT | SecondaryCtls.ENABLE_VPID
+        primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~_PRIMARY12_DROPPED | _PRIMARY02
+        secondary = secondary_controls(f) & _SECONDARY12_KEPT | _SECONDARY02
         cr0_l0, cr4_l0 = v.cr0_host_owned, v.cr4_host_owned
         values = {
-            F.PIN_BASED_VM_EXEC_CONTROL: f[F.PIN_BASED_VM_EXEC_CONTROL]
-            | PinBased.EXT_INTR_EXITING
-            | PinBased.NMI_EXITING,
+            F.PIN_BASED_VM_EXEC_CONTROL: f[F.PIN_BASED_VM_EXEC_CONTROL] | _PIN02,
             F.CPU_BASED_VM_EXEC_CONTROL: v.adjust_controls_primary(primary),
             F.SECONDARY_VM_EXEC_CONTROL: secondary,
             F.VM_EXIT_CONTROLS: v.vmcs01_exit_controls,
-            F.VM_ENTRY_CONTROLS: f[F.VM_ENTRY_CONTROLS]
-            | EntryCtls.LOAD_EFER
-            | EntryCtls.LOAD_PAT
-            | EntryCtls.LOAD_DEBUG_CONTROLS,
+            F.VM_ENTRY_CONTROLS: f[F.VM_ENTRY_CONTROLS] | _ENTRY02,
             F.VIRTUAL_PROCESSOR_ID: _VPID02,
             F.EPT_POINTER: self.ept02.eptp,
             F.EXCEPTION_BITMAP: f[F.EXCEPTION_BITMAP],
