@@ -60,7 +60,7 @@ from nestvmx.hw.state import (
     canonical,
 )
 from nestvmx.hw.vmcs import INVALID_POINTER, SHADOW_VMCS_INDICATOR, read_revision, secondary_controls
-from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, load_cr0
+from nestvmx.hw.vmexit import GUEST_SEGMENT_FIELDS, HOST_SELECTOR_FIELDS, load_cr0
 
 Fields = dict[int, int]
 
@@ -274,15 +274,7 @@ def check_host_state(model: CpuModel, f: Fields, root: CpuState) -> str | None:
         efer = f[F.HOST_IA32_EFER]
         if efer & ~_EFER_VALID or bool(efer & EFER_LMA) != host64 or bool(efer & EFER_LME) != host64:
             return "host IA32_EFER"
-    for sel in (
-        F.HOST_ES_SELECTOR,
-        F.HOST_CS_SELECTOR,
-        F.HOST_SS_SELECTOR,
-        F.HOST_DS_SELECTOR,
-        F.HOST_FS_SELECTOR,
-        F.HOST_GS_SELECTOR,
-        F.HOST_TR_SELECTOR,
-    ):
+    for sel in HOST_SELECTOR_FIELDS:
         if f[sel] & 7:
             return "host selector RPL/TI"
     if f[F.HOST_CS_SELECTOR] == 0 or f[F.HOST_TR_SELECTOR] == 0:

@@ -44,6 +44,15 @@ GUEST_SEGMENT_FIELDS = (  # selector, base, limit, access rights of ES, CS, SS, 
     (F.GUEST_LDTR_SELECTOR, F.GUEST_LDTR_BASE, F.GUEST_LDTR_LIMIT, F.GUEST_LDTR_AR_BYTES),
     (F.GUEST_TR_SELECTOR, F.GUEST_TR_BASE, F.GUEST_TR_LIMIT, F.GUEST_TR_AR_BYTES),
 )
+HOST_SELECTOR_FIELDS = (  # ES, CS, SS, DS, FS, GS, TR
+    F.HOST_ES_SELECTOR,
+    F.HOST_CS_SELECTOR,
+    F.HOST_SS_SELECTOR,
+    F.HOST_DS_SELECTOR,
+    F.HOST_FS_SELECTOR,
+    F.HOST_GS_SELECTOR,
+    F.HOST_TR_SELECTOR,
+)
 
 
 @dataclass(frozen=True)
@@ -134,15 +143,7 @@ def save_guest_state(fields: dict[int, int], s: CpuState) -> None:
 
 
 _host_control_registers = itemgetter(F.VM_EXIT_CONTROLS, F.HOST_CR0, F.HOST_CR3, F.HOST_CR4)
-_host_selectors = itemgetter(
-    F.HOST_ES_SELECTOR,
-    F.HOST_CS_SELECTOR,
-    F.HOST_SS_SELECTOR,
-    F.HOST_DS_SELECTOR,
-    F.HOST_FS_SELECTOR,
-    F.HOST_GS_SELECTOR,
-    F.HOST_TR_SELECTOR,
-)
+_host_selectors = itemgetter(*HOST_SELECTOR_FIELDS)
 _host_segment_bases = itemgetter(F.HOST_FS_BASE, F.HOST_GS_BASE, F.HOST_TR_BASE)
 _host_sysenter = itemgetter(F.HOST_IA32_SYSENTER_CS, F.HOST_IA32_SYSENTER_ESP, F.HOST_IA32_SYSENTER_EIP)
 _HOST_DATA_AR = 0x3 | AR_S | AR_P | AR_DB | AR_G
