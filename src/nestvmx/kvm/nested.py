@@ -8,6 +8,7 @@ to L1 (nested_vmx_vmexit, when nested_vmx_l1_wants_exit) or handled by L0 itself
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
@@ -114,6 +115,7 @@ _L1_STATE_FIELDS = (
 # A VMCS's guest state and CR read shadows: L2's state as sync_vmcs02_to_vmcs12 reads it from vmcs02
 # (the shadows hold the CR bits only L0 owns), and L1's as migration saves it from vmcs01.
 GUEST_STATE_AND_READ_SHADOWS = (*GUEST_STATE_FIELDS, F.CR0_READ_SHADOW, F.CR4_READ_SHADOW)
+_guest_state = itemgetter(*GUEST_STATE_FIELDS)
 # Non-guest-state fields of vmcs02 that a VM exit modifies (SDM §28.2): always rewritten.
 _CHANGED_BY_VM_EXIT = frozenset({F.VM_ENTRY_CONTROLS, F.VM_ENTRY_INTR_INFO_FIELD})
 # The controls of vmcs02 beyond vmcs12's (prepare_vmcs02).  L0 reads L1's I/O and MSR bitmaps
@@ -706,8 +708,7 @@ class NestedVmx:
         }
         for i in range(4):
             values[F.CR3_TARGET_VALUE0 + 2 * i] = f[F.CR3_TARGET_VALUE0 + 2 * i]
-        for field in GUEST_STATE_FIELDS:
-            values[field] = f[field]
+        values.update(zip(GUEST_STATE_FIELDS, _guest_state(f), strict=True))
         values[F.GUEST_CR4] = f[F.GUEST_CR4] | CR4_VMXE
         if not f[F.VM_ENTRY_CONTROLS] & EntryCtls.LOAD_EFER:  # L2 runs with L1's EFER, adjusted (KVM)
             efer = l1_efer
