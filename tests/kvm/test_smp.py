@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from nestvmx.api import Host, RunResult
 from nestvmx.cli.main import main
+from nestvmx.engine.engine import Engine
 from nestvmx.guests.build import build_guest, build_minivisor
 from nestvmx.kvm.cpuid import cpuid
 from nestvmx.kvm.vm import DEFAULT_SLICE, Schedule
@@ -100,6 +101,29 @@ def test_a_spinning_vcpu_is_preempted_by_the_host_timer(tmp_path: Path) -> None:
     assert (result.outcome, result.status, result.console, result.message) == ("exit", 7, "done\n", "")
     timer = [v["l0_exits"]["by_reason"].get("EXTERNAL_INTERRUPT", 0) for v in result.stats["vcpus"]]
     assert all(t > 10 for t in timer)
+
+
+@pytest.mark.parametrize("schedule", ["rr:1", "rr:2", "rr:3", "rr:7"])
+def test_the_host_timer_can_fall_on_an_instruction_run_again_after_its_stop(schedule: str) -> None:
+    # sti; nop; jmp back: the engine stops in front of STI and runs it again; the timer's count can
+    # end on that second run (it crashed with "stopped for no known reason"), and STI counts once.
+    vm = Host().create_vm(vcpus=2, schedule=schedule)
+    vm.load(bytes.fromhex("fb90ebfc"), 0x200000)
+    result = vm.run(max_exits=300)
+    assert (result.outcome, result.message) == ("limit", "stopped after 300 exits (--max-exits)")
+    slice_ = int(schedule[3:])
+    assert result.stats["instructions"]["l1"] == 300 * 2 * slice_
+
+
+def test_an_exception_in_the_engines_native_callback_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self, address: int) -> bool:
+        raise RuntimeError(f"boom at {address:#x}")
+
+    monkeypatch.setattr(Engine, "_on_special", broken)
+    vm = Host().create_vm()
+    vm.load(bytes.fromhex("fb90ebfc"), 0x200000)
+    with pytest.raises(RuntimeError, match="boom at 0x200000"):
+        vm.run(max_exits=10)
 
 
 def test_halted_vcpus_stop_only_when_all_have(tmp_path: Path) -> None:

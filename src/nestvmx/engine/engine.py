@@ -45,7 +45,7 @@ from nestvmx.arch.msr import Msr
 from nestvmx.engine import ept as ept_mod
 from nestvmx.engine.delivery import Event, TripleFault, deliver, escalate
 from nestvmx.engine.guest_memory import GuestMemory
-from nestvmx.engine.native import InstructionCounter, ShadowPath, native_library
+from nestvmx.engine.native import InstructionCounter, ShadowPath, native_library, native_module
 from nestvmx.engine.uc_state import (
     GPR_IDS,
     UnicornRegisters,
@@ -205,6 +205,7 @@ def _shadow_path(engine: Engine) -> ShadowPath:
         reg_read_batch=ctypes.cast(uc.uc_reg_read_batch, ctypes.c_void_p),
         reg_write=ctypes.cast(uc.uc_reg_write, ctypes.c_void_p),
         vmem_read=ctypes.cast(uc.uc_vmem_read, ctypes.c_void_p),
+        emu_stop=ctypes.cast(uc.uc_emu_stop, ctypes.c_void_p),
         state_ids=(ctypes.c_int * 4)(X.UC_X86_REG_RIP, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_RFLAGS),
         gpr_ids=(ctypes.c_int * 16)(*GPR_IDS),
         fields=None,
@@ -322,6 +323,7 @@ class Engine:
         # (address, interruptibility bit) of the last STI that set IF or MOV to SS of this entry.
         self.blocking_by: tuple[int, int] | None = None
         self.cr2_before_run = 0
+        self._native = native_module()
         cpu.on_invalidate = self._on_invalidate
 
     # ------------------------------------------------------------ public
@@ -352,7 +354,7 @@ class Engine:
         self._run_start = ctx.counter.count
         ctx.counter.limit = self._run_start + timer if timer else 0
         ctx.counter.last = ctx.counter.previous = _NO_INSTRUCTION  # what it sees start belongs to this entry
-        self.blocking_by = self.run_until = None
+        self.blocking_by = self.run_until = self.skip_special = None
         try:
             return self._run(ctx)
         finally:
@@ -399,7 +401,10 @@ class Engine:
                 ctx.scanned.add(cpu.state.rip)
                 self._scan(cpu.state.rip)
             try:
-                ctx.uc.emu_start(cpu.state.rip, self.run_until or _NO_END)
+                try:
+                    ctx.uc.emu_start(cpu.state.rip, self.run_until or _NO_END)
+                finally:
+                    self._native.raise_callback_error()  # an exception of a callback of native.c
             except UcError as err:
                 if self.stop is None:
                     raise EngineError(f"emulation error at RIP {ctx.uc.reg_read(X.UC_X86_REG_RIP):#x}: {err}") from err
@@ -524,12 +529,14 @@ class Engine:
             self._halt("memory", uc.reg_read(X.UC_X86_REG_RIP), access=access, address=address)
         return False
 
-    def _on_special(self, address: int) -> None:
-        if self.skip_special == address:  # run again after the stop in front of it: counted once
+    def _on_special(self, address: int) -> bool:
+        """The counter's call before a special instruction: False when it runs again after the stop
+        in front of it (counted then), else the guest stops there."""
+        if self.skip_special == address:
             self.skip_special = None
-            self.ctx.counter.count -= 1
-            return
+            return False
         self._halt("special", address)
+        return True
 
     def _on_new_block(self, uc: Uc, cur, prev, _ud) -> None:
         # Hooks placed now miss this translation: stop before it runs and start again there.

@@ -35,25 +35,46 @@ static bool is_special(const struct counter *c, uint64_t address)
     return low < c->n_special && c->special[low] == address;
 }
 
+/* The first exception an engine callback raised inside emu_start, raised again by
+   raise_callback_error() once emu_start has returned (as Unicorn's own Python hooks do). */
+static PyObject *error_type, *error_value, *error_traceback;
+
+/* fn() or fn(address) with the GIL (Unicorn runs with it released): the truth of the result, or
+   -1 after an exception, which is kept and stops the emulation. */
+static int call_engine(void *uc, int (*emu_stop)(void *), PyObject *fn, const uint64_t *address)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *arg = address ? PyLong_FromUnsignedLongLong(*address) : NULL;
+    PyObject *result = address ? (arg ? PyObject_CallOneArg(fn, arg) : NULL) : PyObject_CallNoArgs(fn);
+    int truth = result ? PyObject_IsTrue(result) : -1;
+    Py_XDECREF(arg);
+    Py_XDECREF(result);
+    if (truth < 0) {
+        if (error_type)
+            PyErr_Clear();
+        else
+            PyErr_Fetch(&error_type, &error_value, &error_traceback);
+        emu_stop(uc);
+    }
+    PyGILState_Release(gil);
+    return truth;
+}
+
 /* `rflags` is RFLAGS as `last` starts: QEMU may change the flags of an instruction (RCL/RCR compute
    them before their memory access) and then unwind it on a fault without restoring them.  One code
-   hook serves every special address: Unicorn checks each code hook's range at every instruction. */
+   hook serves every special address: Unicorn checks each code hook's range at every instruction.
+   The engine is called before the counting: an instruction it lets run again after its stop in
+   front of it (on_special false) was counted and recorded at that stop. */
 void nestvmx_count_insn(void *uc, uint64_t address, uint32_t size, struct counter *c)
 {
     (void)size;
+    if (c->n_special && is_special(c, address) && !call_engine(uc, c->stop, c->on_special, &address))
+        return;
     c->previous = c->last;
     c->last = address;
     c->reg_read(uc, c->rflags_id, &c->rflags);
     if (++c->count == c->limit)
         c->stop(uc);
-    if (c->n_special && is_special(c, address)) {
-        PyGILState_STATE gil = PyGILState_Ensure(); /* Unicorn runs with the GIL released */
-        PyObject *result = PyObject_CallFunction(c->on_special, "K", (unsigned long long)address);
-        if (!result)
-            PyErr_WriteUnraisable(c->on_special);
-        Py_XDECREF(result);
-        PyGILState_Release(gil);
-    }
 }
 
 enum { STATE_RIP, STATE_CS, STATE_SS, STATE_RFLAGS, N_STATE };
@@ -65,6 +86,7 @@ struct shadow_path {
     int (*reg_read_batch)(void *uc, int *ids, void **values, int count);
     int (*reg_write)(void *uc, int id, const void *value);
     int (*vmem_read)(void *uc, uint64_t address, int prot, void *bytes, size_t size);
+    int (*emu_stop)(void *uc);
     int state_ids[N_STATE];
     int gpr_ids[16];
     /* Armed by the engine before each run from the processor model; fields None: nothing served. */
@@ -166,10 +188,7 @@ bool nestvmx_shadow_vmx(void *uc, struct shadow_path *p)
     PyGILState_STATE gil = PyGILState_Ensure(); /* Unicorn runs with the GIL released */
     if (!serve(uc, p)) {
         PyErr_Clear();
-        PyObject *result = PyObject_CallNoArgs(p->stop);
-        if (!result)
-            PyErr_WriteUnraisable(p->stop);
-        Py_XDECREF(result);
+        call_engine(uc, p->emu_stop, p->stop, NULL);
     }
     PyGILState_Release(gil);
     return true;
@@ -500,7 +519,19 @@ out:
     return result;
 }
 
+/* raise_callback_error(): raise the exception an engine callback kept (call_engine), if any. */
+static PyObject *raise_callback_error(PyObject *self, PyObject *unused)
+{
+    (void)self, (void)unused;
+    if (!error_type)
+        Py_RETURN_NONE;
+    PyErr_Restore(error_type, error_value, error_traceback);
+    error_type = error_value = error_traceback = NULL;
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"raise_callback_error", raise_callback_error, METH_NOARGS, NULL},
     {"load_registers", (PyCFunction)(void (*)(void))load_registers, METH_FASTCALL, NULL},
     {"save_registers", (PyCFunction)(void (*)(void))save_registers, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},

@@ -40,6 +40,7 @@ class ShadowPath(ctypes.Structure):
         ("reg_read_batch", ctypes.c_void_p),
         ("reg_write", ctypes.c_void_p),
         ("vmem_read", ctypes.c_void_p),
+        ("emu_stop", ctypes.c_void_p),
         ("state_ids", ctypes.c_int * 4),
         ("gpr_ids", ctypes.c_int * 16),
         ("fields", ctypes.py_object),
