@@ -420,7 +420,7 @@ class Engine:
         s = self.cpu.state
         held = ctx.regs.selectors()
         changed = [seg.selector for seg, old in zip(s.segs[:6], held, strict=True) if seg.selector != old]
-        linears = {s.gdtr_base + (sel & ~7) for sel in changed if sel & ~7 and not sel & 4 and sel | 7 <= s.gdtr_limit}
+        linears = {s.gdtr_base + (sel & ~7) for sel in changed if self._in_gdt(sel)}
         if not linears:
             return None
         memory = GuestMemory(self.cpu.model, self.cpu.memory, s, ctx.eptp, ctx.ept_cache)
@@ -593,8 +593,7 @@ class Engine:
     # ------------------------------------------------------------ after a stop
 
     def _save_state(self) -> None:
-        # The GDT is read only for a selector the guest reloaded: its guest memory is built then.
-        self.ctx.regs.save(self.cpu.state, lambda address, size: self.guest_memory().read(address, size))
+        self.ctx.regs.save(self.cpu.state, self._gdt_segment)
 
     def _after_stop(self) -> VmExit | None:
         stop, cpu = self.stop, self.cpu
@@ -1040,12 +1039,19 @@ class Engine:
             "idt_vectoring_error_code": event.error_code or 0,
         }
 
-    def _code_segment(self, selector: int) -> Segment | None:
-        s = self.cpu.state
-        if selector & ~7 == 0 or selector & 4 or (selector | 7) > s.gdtr_limit:
-            return None
-        raw = int.from_bytes(self.guest_memory().read(s.gdtr_base + (selector & ~7), 8), "little")
+    def _in_gdt(self, selector: int) -> bool:
+        """A selector of a GDT descriptor within the limit (not null, not the LDT)."""
+        return bool(selector & ~7) and not selector & 4 and selector | 7 <= self.cpu.state.gdtr_limit
+
+    def _gdt_segment(self, selector: int) -> Segment:
+        """The segment a selector loads from the GDT; unusable where it names no GDT descriptor."""
+        s, raw = self.cpu.state, 0
+        if self._in_gdt(selector):
+            raw = int.from_bytes(self.guest_memory().read(s.gdtr_base + (selector & ~7), 8), "little")
         return descriptor_segment(selector, raw)
+
+    def _code_segment(self, selector: int) -> Segment | None:
+        return self._gdt_segment(selector) if self._in_gdt(selector) else None
 
     def _inject(self, injection: tuple[int, int, int]) -> VmExit | None:
         """VM-entry event injection (SDM §27.6): delivered through the IDT, never the bitmap."""

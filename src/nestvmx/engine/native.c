@@ -206,7 +206,7 @@ struct uc_msr { uint32_t rid; uint64_t value; };                          /* uc_
 enum { I_GPR = 0, I_RIP = 16, I_RFLAGS, I_CR0, I_CR3, I_CR4, I_DR7, I_SEL, I_FS_BASE = I_SEL + 6, I_GS_BASE, N_INTS };
 enum { M_GDTR, M_IDTR, M_LDTR, M_TR, N_MMRS };
 enum { S_EFER, S_SYSENTER_CS, S_SYSENTER_ESP, S_SYSENTER_EIP, N_MSRS };
-enum { N_READS = N_INTS + N_MMRS + N_MSRS, MAX_WRITES = 64, N_PASSTHROUGH = 8 };
+enum { N_READS = N_INTS + N_MMRS + N_MSRS, MAX_WRITES = 64, N_PASSTHROUGH = 4 };
 enum { SEG_FS = 4, SEG_GS = 5, SEG_LDTR = 6, SEG_TR = 7 };
 #define AR_UNUSABLE (1u << 16)
 
@@ -215,7 +215,7 @@ struct register_file {
     int (*read_batch)(void *uc, int *ids, void **values, int count);
     int (*write_batch)(void *uc, int *ids, void **values, int count);
     int int_ids[N_INTS], mmr_ids[N_MMRS], msr_id, cr2_id;
-    uint32_t msr_indexes[N_MSRS], passthrough[N_PASSTHROUGH]; /* passthrough: 0 ends the list */
+    uint32_t msr_indexes[N_MSRS], passthrough[N_PASSTHROUGH];
     PyObject *segment_type; /* hw.state.Segment */
     /* Unicorn's values as last read or written; `known` has a bit per slot (ints, mmrs, msrs). */
     uint64_t ints[N_INTS];
@@ -231,7 +231,9 @@ static PyObject *S_gpr, *S_rip, *S_rflags, *S_cr0, *S_cr2, *S_cr3, *S_cr4, *S_dr
 static struct register_file *register_file(PyObject *address)
 {
     void *p = PyLong_AsVoidPtr(address);
-    return PyErr_Occurred() ? NULL : p;
+    if (!p && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "no register file at address 0");
+    return p;
 }
 
 /* An integer attribute, wrapped to 64 bits as ctypes stores it; -1 with an exception on error. */
@@ -253,16 +255,39 @@ static int set_u64(PyObject *obj, PyObject *name, uint64_t value)
     return rc;
 }
 
-/* Segment (selector, base, limit, ar) of a CpuState's `segs` list (borrowed list). */
+/* Segment `index` of a CpuState's `segs` list (borrowed), or NULL with an exception. */
+static PyObject *segment(PyObject *segs, int index)
+{
+    if (PyList_Check(segs) && PyList_GET_SIZE(segs) == 8)
+        return PyList_GET_ITEM(segs, index);
+    PyErr_SetString(PyExc_TypeError, "CpuState.segs must be a list of 8 segments");
+    return NULL;
+}
+
+/* (selector, base, limit, ar) of segment `index`. */
 static int get_segment(PyObject *segs, int index, uint64_t out[4])
 {
-    PyObject *seg = PyList_Check(segs) && PyList_GET_SIZE(segs) > index ? PyList_GET_ITEM(segs, index) : NULL;
-    if (!seg) {
-        PyErr_SetString(PyExc_TypeError, "CpuState.segs must be a list of 8 segments");
-        return -1;
+    PyObject *seg = segment(segs, index);
+    return !seg || get_u64(seg, S_selector, &out[0]) || get_u64(seg, S_base, &out[1])
+        || get_u64(seg, S_limit, &out[2]) || get_u64(seg, S_ar, &out[3]) ? -1 : 0;
+}
+
+/* One attribute of segment `index`. */
+static int get_segment_u64(PyObject *segs, int index, PyObject *name, uint64_t *out)
+{
+    PyObject *seg = segment(segs, index);
+    return seg ? get_u64(seg, name, out) : -1;
+}
+
+/* CpuState.gpr, checked: a new reference, or NULL with an exception. */
+static PyObject *get_gpr(PyObject *s)
+{
+    PyObject *gpr = PyObject_GetAttr(s, S_gpr);
+    if (gpr && (!PyList_Check(gpr) || PyList_GET_SIZE(gpr) != 16)) {
+        PyErr_SetString(PyExc_TypeError, "CpuState.gpr must be a list of 16 integers");
+        Py_CLEAR(gpr);
     }
-    return get_u64(seg, S_selector, &out[0]) || get_u64(seg, S_base, &out[1]) || get_u64(seg, S_limit, &out[2])
-        || get_u64(seg, S_ar, &out[3]) ? -1 : 0;
+    return gpr;
 }
 
 struct writes {
@@ -273,17 +298,28 @@ struct writes {
     struct uc_msr msrs[MAX_WRITES];
 };
 
-static void write_int(struct register_file *r, struct writes *w, int slot, int id, uint64_t value)
+static void add_int(struct writes *w, int id, uint64_t value)
 {
-    if (slot >= 0) {
-        if (r->known >> slot & 1 && r->ints[slot] == value)
-            return;
-        r->ints[slot] = value;
-        r->known |= 1ull << slot;
-    }
     w->ints[w->n] = value;
     w->ptrs[w->n] = &w->ints[w->n];
     w->ids[w->n++] = id;
+}
+
+static void add_msr(struct writes *w, int msr_id, uint32_t index, uint64_t value)
+{
+    w->msrs[w->n] = (struct uc_msr){index, value};
+    w->ptrs[w->n] = &w->msrs[w->n];
+    w->ids[w->n++] = msr_id;
+}
+
+/* The writes of cached registers, skipped where Unicorn holds the value already. */
+static void write_int(struct register_file *r, struct writes *w, int slot, uint64_t value)
+{
+    if (r->known >> slot & 1 && r->ints[slot] == value)
+        return;
+    r->ints[slot] = value;
+    r->known |= 1ull << slot;
+    add_int(w, r->int_ids[slot], value);
 }
 
 static void write_mmr(struct register_file *r, struct writes *w, int m, struct uc_mmr value)
@@ -300,23 +336,20 @@ static void write_mmr(struct register_file *r, struct writes *w, int m, struct u
     w->ids[w->n++] = r->mmr_ids[m];
 }
 
-static void write_msr(struct register_file *r, struct writes *w, int s, uint32_t index, uint64_t value)
+static void write_msr(struct register_file *r, struct writes *w, int m, uint64_t value)
 {
-    if (s >= 0) {
-        int bit = N_INTS + N_MMRS + s;
-        if (r->known >> bit & 1 && r->msrs[s].value == value)
-            return;
-        r->msrs[s].value = value;
-        r->known |= 1ull << bit;
-    }
-    w->msrs[w->n] = (struct uc_msr){index, value};
-    w->ptrs[w->n] = &w->msrs[w->n];
-    w->ids[w->n++] = r->msr_id;
+    int bit = N_INTS + N_MMRS + m;
+    if (r->known >> bit & 1 && r->msrs[m].value == value)
+        return;
+    r->msrs[m].value = value;
+    r->known |= 1ull << bit;
+    add_msr(w, r->msr_id, r->msr_indexes[m], value);
 }
 
 /* load_registers(register_file, state) -> Unicorn's status: make Unicorn's CPU `state` (VM entry).
    Order matters: Unicorn loads a segment's hidden part when its selector is written, under the
-   CR0/CR3/CR4/EFER given before.  CR2 and the pass-through MSRs are always written. */
+   CR0/CR3/CR4/EFER given before.  CR2 and the pass-through MSRs are always written.  On any
+   failure nothing of the cache can be trusted: the next exit reads everything back. */
 static PyObject *load_registers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -327,29 +360,29 @@ static PyObject *load_registers(PyObject *self, PyObject *const *args, Py_ssize_
     struct register_file *r = register_file(args[0]);
     PyObject *s = args[1], *segs = NULL, *gpr = NULL, *msrs = NULL, *result = NULL;
     static struct writes w; /* the GIL serialises callers */
-    uint64_t v[6], seg[4];
+    uint64_t v[5], seg[4];
     w.n = 0;
     if (!r)
         return NULL;
     if (get_u64(s, S_gdtr_base, &v[0]) || get_u64(s, S_gdtr_limit, &v[1]) || get_u64(s, S_idtr_base, &v[2])
         || get_u64(s, S_idtr_limit, &v[3]))
-        return NULL;
+        goto out;
     write_mmr(r, &w, M_GDTR, (struct uc_mmr){0, v[0], (uint32_t)v[1], 0});
     write_mmr(r, &w, M_IDTR, (struct uc_mmr){0, v[2], (uint32_t)v[3], 0});
     if (get_u64(s, S_cr4, &v[0]) || get_u64(s, S_efer, &v[1]) || get_u64(s, S_cr3, &v[2]) || get_u64(s, S_cr0, &v[3])
         || get_u64(s, S_cr2, &v[4]))
-        return NULL;
-    write_int(r, &w, I_CR4, r->int_ids[I_CR4], v[0]);
-    write_msr(r, &w, S_EFER, r->msr_indexes[S_EFER], v[1]);
-    write_int(r, &w, I_CR3, r->int_ids[I_CR3], v[2]);
-    write_int(r, &w, I_CR0, r->int_ids[I_CR0], v[3]);
-    write_int(r, &w, -1, r->cr2_id, v[4]); /* Unicorn's CR2 is not readable after emu_start (uc_state.py) */
+        goto out;
+    write_int(r, &w, I_CR4, v[0]);
+    write_msr(r, &w, S_EFER, v[1]);
+    write_int(r, &w, I_CR3, v[2]);
+    write_int(r, &w, I_CR0, v[3]);
+    add_int(&w, r->cr2_id, v[4]); /* Unicorn's CR2 is not readable after emu_start (uc_state.py) */
     if (!(segs = PyObject_GetAttr(s, S_segs)))
         goto out;
     for (int i = 0; i < 6; i++) {
-        if (get_segment(segs, i, seg))
+        if (get_segment_u64(segs, i, S_selector, &seg[0]))
             goto out;
-        write_int(r, &w, I_SEL + i, r->int_ids[I_SEL + i], seg[0]);
+        write_int(r, &w, I_SEL + i, seg[0]);
     }
     for (int i = SEG_LDTR; i <= SEG_TR; i++) {
         if (get_segment(segs, i, seg))
@@ -357,18 +390,16 @@ static PyObject *load_registers(PyObject *self, PyObject *const *args, Py_ssize_
         uint32_t flags = (uint32_t)(seg[3] & 0xF0FF) << 8;
         write_mmr(r, &w, i == SEG_TR ? M_TR : M_LDTR, (struct uc_mmr){(uint16_t)seg[0], seg[1], (uint32_t)seg[2], flags});
     }
-    if (get_segment(segs, SEG_FS, seg))
+    if (get_segment_u64(segs, SEG_FS, S_base, &v[0]) || get_segment_u64(segs, SEG_GS, S_base, &v[1]))
         goto out;
-    write_int(r, &w, I_FS_BASE, r->int_ids[I_FS_BASE], seg[1]);
-    if (get_segment(segs, SEG_GS, seg))
-        goto out;
-    write_int(r, &w, I_GS_BASE, r->int_ids[I_GS_BASE], seg[1]);
+    write_int(r, &w, I_FS_BASE, v[0]);
+    write_int(r, &w, I_GS_BASE, v[1]);
     if (get_u64(s, S_sysenter_cs, &v[0]) || get_u64(s, S_sysenter_esp, &v[1]) || get_u64(s, S_sysenter_eip, &v[2])
         || get_u64(s, S_dr7, &v[3]))
         goto out;
     for (int i = 0; i < 3; i++)
-        write_msr(r, &w, S_SYSENTER_CS + i, r->msr_indexes[S_SYSENTER_CS + i], v[i]);
-    write_int(r, &w, I_DR7, r->int_ids[I_DR7], v[3]);
+        write_msr(r, &w, S_SYSENTER_CS + i, v[i]);
+    write_int(r, &w, I_DR7, v[3]);
     if (!(msrs = PyObject_GetAttr(s, S_msrs)) || !PyDict_Check(msrs)) {
         if (msrs)
             PyErr_SetString(PyExc_TypeError, "CpuState.msrs must be a dict");
@@ -378,36 +409,31 @@ static PyObject *load_registers(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t pos = 0;
     while (PyDict_Next(msrs, &pos, &key, &value)) { /* the model's MSRs that Unicorn also implements */
         uint64_t index = PyLong_AsUnsignedLongLongMask(key);
+        for (int i = 0; i < N_PASSTHROUGH && !PyErr_Occurred(); i++)
+            if (r->passthrough[i] == index)
+                add_msr(&w, r->msr_id, (uint32_t)index, PyLong_AsUnsignedLongLongMask(value));
         if (PyErr_Occurred())
             goto out;
-        for (int i = 0; i < N_PASSTHROUGH && r->passthrough[i]; i++)
-            if (r->passthrough[i] == index) {
-                write_msr(r, &w, -1, (uint32_t)index, PyLong_AsUnsignedLongLongMask(value));
-                if (PyErr_Occurred())
-                    goto out;
-            }
     }
-    if (!(gpr = PyObject_GetAttr(s, S_gpr)))
+    if (!(gpr = get_gpr(s)))
         goto out;
-    if (!PyList_Check(gpr) || PyList_GET_SIZE(gpr) != 16) {
-        PyErr_SetString(PyExc_TypeError, "CpuState.gpr must be a list of 16 integers");
-        goto out;
-    }
     for (int i = 0; i < 16; i++) {
         uint64_t value = PyLong_AsUnsignedLongLongMask(PyList_GET_ITEM(gpr, i));
         if (PyErr_Occurred())
             goto out;
-        write_int(r, &w, I_GPR + i, r->int_ids[I_GPR + i], value);
+        write_int(r, &w, I_GPR + i, value);
     }
     if (get_u64(s, S_rflags, &v[0]) || get_u64(s, S_rip, &v[1]))
         goto out;
-    write_int(r, &w, I_RFLAGS, r->int_ids[I_RFLAGS], v[0]);
-    write_int(r, &w, I_RIP, r->int_ids[I_RIP], v[1]);
+    write_int(r, &w, I_RFLAGS, v[0]);
+    write_int(r, &w, I_RIP, v[1]);
     int status = r->write_batch(r->uc, w.ids, w.ptrs, w.n);
     if (status)
-        r->known = 0; /* which of them Unicorn took is unknown: read everything back first */
+        r->known = 0; /* which of them Unicorn took is unknown */
     result = PyLong_FromLong(status);
 out:
+    if (!result)
+        r->known = 0;
     Py_XDECREF(segs);
     Py_XDECREF(gpr);
     Py_XDECREF(msrs);
@@ -456,12 +482,8 @@ static PyObject *save_registers(PyObject *self, PyObject *const *args, Py_ssize_
     if (status)
         return PyLong_FromLong(status);
     const uint64_t *x = r->ints;
-    if (!(gpr = PyObject_GetAttr(s, S_gpr)))
+    if (!(gpr = get_gpr(s)))
         return NULL;
-    if (!PyList_Check(gpr) || PyList_GET_SIZE(gpr) != 16) {
-        PyErr_SetString(PyExc_TypeError, "CpuState.gpr must be a list of 16 integers");
-        goto out;
-    }
     for (int i = 0; i < 16; i++) {
         PyObject *value = PyLong_FromUnsignedLongLong(x[I_GPR + i]);
         if (!value || PyList_SetItem(gpr, i, value))
@@ -489,20 +511,18 @@ static PyObject *save_registers(PyObject *self, PyObject *const *args, Py_ssize_
     if (!(segs = PyObject_GetAttr(s, S_segs)))
         goto out;
     for (int i = 0; i < 6; i++) {
-        uint64_t old[4];
-        if (get_segment(segs, i, old))
+        uint64_t old;
+        if (get_segment_u64(segs, i, S_selector, &old))
             goto out;
-        if (old[0] == x[I_SEL + i])
+        if (old == x[I_SEL + i])
             continue;
         PyObject *seg = PyObject_CallFunction(descriptor, "K", (unsigned long long)x[I_SEL + i]);
         if (!seg || PyList_SetItem(segs, i, seg))
             goto out;
     }
-    for (int i = SEG_FS; i <= SEG_GS; i++) {
-        PyObject *seg = PyList_GET_ITEM(segs, i);
-        if (set_u64(seg, S_base, x[i == SEG_FS ? I_FS_BASE : I_GS_BASE]))
-            goto out;
-    }
+    if (set_u64(PyList_GET_ITEM(segs, SEG_FS), S_base, x[I_FS_BASE])
+        || set_u64(PyList_GET_ITEM(segs, SEG_GS), S_base, x[I_GS_BASE]))
+        goto out;
     for (int i = SEG_LDTR; i <= SEG_TR; i++) {
         const struct uc_mmr *m = &r->mmrs[i == SEG_TR ? M_TR : M_LDTR];
         uint64_t ar = (m->flags >> 8) & 0xF0FF;

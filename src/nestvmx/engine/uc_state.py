@@ -9,6 +9,7 @@ parts.  General-purpose registers stay in the register file across transitions (
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 from unicorn import Uc, UcError
 from unicorn import x86_const as X
@@ -46,12 +47,8 @@ SEGMENT_IDS = {
     Seg.FS: X.UC_X86_REG_FS,
     Seg.GS: X.UC_X86_REG_GS,
 }
-# MSRs that Unicorn models and that guest software reads back (beyond those in CpuState fields).
+# MSRs of CpuState.msrs (those without a CpuState attribute) that Unicorn models too.
 _PASSTHROUGH_MSRS = (
-    Msr.IA32_SYSENTER_CS,
-    Msr.IA32_SYSENTER_ESP,
-    Msr.IA32_SYSENTER_EIP,
-    Msr.IA32_PAT,
     Msr.IA32_KERNEL_GS_BASE,
     0xC0000081,
     0xC0000082,
@@ -116,11 +113,11 @@ class _RegisterFile(ctypes.Structure):
 class UnicornRegisters:
     """The registers of one Unicorn instance, moved to and from a CpuState by native.c.
 
-    Every register an entry writes is read back at each exit, so the cache of Unicorn's values is
-    exact; an entry then writes only what the VMM or the processor model changed."""
+    Every cached register an entry writes is read back at each exit (CR2 and the pass-through MSRs
+    are written every time, uncached), so the cache of Unicorn's values is exact; an entry then
+    writes only what the VMM or the processor model changed."""
 
     def __init__(self, uc: Uc) -> None:
-        self.uc = uc
         self._file = _RegisterFile(
             uc=uc._uch,
             read_batch=ctypes.cast(_ucmod.uclib.uc_reg_read_batch, ctypes.c_void_p),
@@ -151,19 +148,12 @@ class UnicornRegisters:
         if status != UC_ERR_OK:
             raise UcError(status)
 
-    def save(self, s: CpuState, read_linear) -> None:
-        """Copy Unicorn's CPU back into `s` (VM exit).  `read_linear(address, size)` reads the GDT
-        for a selector the guest reloaded (Unicorn loaded its hidden part from there).
+    def save(self, s: CpuState, gdt_segment: Callable[[int], Segment]) -> None:
+        """Copy Unicorn's CPU back into `s` (VM exit).  `gdt_segment(selector)` gives the segment of a
+        selector the guest reloaded, from the GDT as `s` then has it (Unicorn loaded it from there).
 
         CR2 is not read: Unicorn 2.1.4 reports a wrong value once emu_start has returned, so the
         engine records it where it changes (page faults, MOV to CR2)."""
-
-        def descriptor(selector: int) -> Segment:
-            raw = 0
-            if selector & ~7 and selector | 7 <= s.gdtr_limit and not selector & 4:
-                raw = int.from_bytes(read_linear(s.gdtr_base + (selector & ~7), 8), "little")
-            return descriptor_segment(selector, raw)
-
-        status = self._native.save_registers(self._address, s, descriptor)
+        status = self._native.save_registers(self._address, s, gdt_segment)
         if status != UC_ERR_OK:
             raise UcError(status)
