@@ -366,3 +366,7 @@ ACCESS_RIGHTS_FIELDS = frozenset(
     f.encoding for f in VMCS_FIELDS if f.name.startswith("GUEST_") and f.name.endswith("_AR_BYTES")
 )
 AR_BYTES_WRITABLE = 0x1F0FF
+# FULL encoding -> the bits a VMWRITE keeps: the field's width, and no reserved access-rights bits.
+VMWRITE_MASKS: dict[int, int] = {
+    f.encoding: f.width.mask & (AR_BYTES_WRITABLE if f.encoding in ACCESS_RIGHTS_FIELDS else -1) for f in VMCS_FIELDS
+}

@@ -7,9 +7,8 @@
      VMCS (SDM 26.10) when the processor model would; any other case, and any doubt, calls the
      engine back to stop the guest there, and LogicalProcessor.execute runs the instruction.  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdbool.h>
-#include <stdint.h>
+#include <string.h>
+#include "vmcs_access.h" /* hw's: the access rules this hook shares with the processor model */
 
 struct counter {
     uint64_t count, limit, last, previous, rflags;
@@ -105,14 +104,16 @@ static int count_event(PyObject *events, PyObject *key)
     PyObject *old = PyDict_GetItemWithError(events, key);
     if (!old && PyErr_Occurred())
         return -1;
-    PyObject *new = PyLong_FromLongLong((old ? PyLong_AsLongLong(old) : 0) + 1);
+    long long count = old ? PyLong_AsLongLong(old) : 0;
+    PyObject *new = PyErr_Occurred() ? NULL : PyLong_FromLongLong(count + 1);
     int rc = new ? PyDict_SetItem(events, key, new) : -1;
     Py_XDECREF(new);
     return rc;
 }
 
-/* The access as LogicalProcessor._vmread_instr/_vmwrite_instr do it on success; false, with no
-   effect, where the instruction exits, faults, fails or is not a register-form VMREAD/VMWRITE. */
+/* The access as LogicalProcessor.execute does it on success (the rules: vmcs_access.h); false where
+   the instruction exits, faults, fails or is not a register-form VMREAD/VMWRITE, with no effect
+   but, after an error, a VMCS field or register already written that execute() writes again. */
 static bool serve(void *uc, struct shadow_path *p)
 {
     uint64_t st[N_STATE] = {0}; /* selectors fill 2 bytes */
@@ -147,29 +148,21 @@ static bool serve(void *uc, struct shadow_path *p)
     if (encoding >> 15 || !bitmap || bitmap[encoding >> 3] >> (encoding & 7) & 1)
         return false; /* a VM exit (SDM 26.1.3) */
     PyObject *key = PyLong_FromUnsignedLongLong(encoding);
-    PyObject *entry = key ? PyDict_GetItemWithError(p->access, key) : NULL;
+    struct vmcs_access a;
+    int found = key ? vmcs_access_of(p->access, key, &a) : -1;
     Py_XDECREF(key);
-    if (!entry || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4)
-        return false; /* unsupported component: VMfailValid */
-    PyObject *full = PyTuple_GET_ITEM(entry, 0);
-    int high = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-    uint64_t keep = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 2));
-    int read_only = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 3));
-    PyObject *old = PyDict_GetItemWithError(p->fields, full);
-    uint64_t value = old ? PyLong_AsUnsignedLongLong(old) : 0;
-    if (PyErr_Occurred() || high < 0 || read_only < 0)
+    if (found <= 0 || (!vmread && a.read_only && !p->vmwrite_any_field))
+        return false; /* VMfailValid(12) or (13) */
+    uint64_t field = vmcs_field(p->fields, a.full), value;
+    if (PyErr_Occurred())
         return false;
     if (vmread) {
-        value = (high ? value >> 32 : value) & mask32;
+        value = vmread_value(&a, field, p->op64);
         if (p->reg_write(uc, p->gpr_ids[rm], &value))
             return false;
     } else {
-        if (read_only && !p->vmwrite_any_field)
-            return false; /* VMfailValid(13) */
-        uint64_t source = gpr[1] & mask32;
-        value = high ? (value & 0xFFFFFFFFu) | (source & 0xFFFFFFFFu) << 32 : source & keep & mask32;
-        PyObject *new = PyLong_FromUnsignedLongLong(value);
-        int rc = new ? PyDict_SetItem(p->fields, full, new) : -1;
+        PyObject *new = PyLong_FromUnsignedLongLong(vmwrite_value(&a, field, gpr[1] & mask32, p->op64));
+        int rc = new ? PyDict_SetItem(p->fields, a.full, new) : -1;
         Py_XDECREF(new);
         if (rc)
             return false;
@@ -178,9 +171,7 @@ static bool serve(void *uc, struct shadow_path *p)
         return false;
     rflags &= ~(uint64_t)RFLAGS_ARITH;
     rip += rex ? 4 : 3;
-    p->reg_write(uc, p->state_ids[STATE_RFLAGS], &rflags);
-    p->reg_write(uc, p->state_ids[STATE_RIP], &rip);
-    return true;
+    return !p->reg_write(uc, p->state_ids[STATE_RFLAGS], &rflags) && !p->reg_write(uc, p->state_ids[STATE_RIP], &rip);
 }
 
 bool nestvmx_shadow_vmx(void *uc, struct shadow_path *p)

@@ -13,9 +13,8 @@ from functools import cached_property
 from nestvmx.arch import controls
 from nestvmx.arch.controls import ControlKind, SecondaryCtls
 from nestvmx.arch.fields import (
-    ACCESS_RIGHTS_FIELDS,
-    AR_BYTES_WRITABLE,
     VMCS_FIELDS,
+    VMWRITE_MASKS,
     Access,
     FieldType,
     FieldWidth,
@@ -123,8 +122,12 @@ class CpuModel:
         a VMWRITE keeps (access-rights fields: AR_BYTES_WRITABLE), read-only field)."""
         table = {}
         for encoding, (f, access) in self.encodings.items():
-            mask = f.width.mask & (AR_BYTES_WRITABLE if f.encoding in ACCESS_RIGHTS_FIELDS else -1)
-            table[encoding] = (f.encoding, access is Access.HIGH, mask, f.type is FieldType.READ_ONLY)
+            table[encoding] = (
+                f.encoding,
+                access is Access.HIGH,
+                VMWRITE_MASKS[f.encoding],
+                f.type is FieldType.READ_ONLY,
+            )
         return table
 
     @cached_property

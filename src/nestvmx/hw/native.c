@@ -1,30 +1,12 @@
 /* The processor model's VMCS accesses (processor.py), built once with the machine's gcc by
    native.py: VMREAD and VMWRITE of a run of fields, as L0 executes them back to back, cost a
-   dictionary lookup each instead of a Python loop iteration.  The rules are processor.py's; this
-   is its inner loop. */
+   dictionary lookup each instead of a Python loop iteration.  The access rules are
+   vmcs_access.h's; processor.py keeps the checks around them and the VMfail numbers. */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "vmcs_access.h"
 
 /* Outcome codes; processor.py maps them to VMfailValid numbers. */
 enum { ACCESS_OK, ACCESS_UNSUPPORTED, ACCESS_READ_ONLY };
-
-/* `access` maps an encoding to (FULL encoding, HIGH access, VMWRITE mask, read-only). */
-static PyObject *lookup(PyObject *access, PyObject *encoding)
-{
-    PyObject *entry = PyDict_GetItemWithError(access, encoding);
-    if (entry && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4)) {
-        PyErr_SetString(PyExc_TypeError, "a VMCS access entry is (full, high, mask, read_only)");
-        return NULL;
-    }
-    return entry;
-}
-
-static uint64_t field_value(PyObject *fields, PyObject *full)
-{
-    PyObject *value = PyDict_GetItemWithError(fields, full);
-    return value ? PyLong_AsUnsignedLongLongMask(value) : 0;
-}
 
 /* vmcs_read(access, fields, encodings, op64) -> (outcome, values): the values read before the first
    encoding that fails, or all of them. */
@@ -41,24 +23,20 @@ static PyObject *vmcs_read(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (op64 < 0 || !seq || !(values = PyList_New(0)))
         goto fail;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        PyObject *entry = lookup(access, PySequence_Fast_GET_ITEM(seq, i));
-        if (!entry) {
-            if (PyErr_Occurred())
+        struct vmcs_access a;
+        int found = vmcs_access_of(access, PySequence_Fast_GET_ITEM(seq, i), &a);
+        if (found <= 0) {
+            if (found < 0)
                 goto fail;
             outcome = ACCESS_UNSUPPORTED;
             break;
         }
-        PyObject *stored = PyDict_GetItemWithError(fields, PyTuple_GET_ITEM(entry, 0)), *item;
-        int high = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-        if (high < 0 || PyErr_Occurred())
-            goto fail;
-        if (stored && !high && op64 && PyLong_CheckExact(stored)) {
+        PyObject *stored = PyDict_GetItemWithError(fields, a.full), *item;
+        if (stored && !a.high && op64 && PyLong_CheckExact(stored))
             item = Py_NewRef(stored); /* the field's own value object */
-        } else {
-            uint64_t value = stored ? PyLong_AsUnsignedLongLongMask(stored) : 0;
-            if (high)
-                value >>= 32;
-            item = PyErr_Occurred() ? NULL : PyLong_FromUnsignedLongLong(op64 ? value : value & 0xFFFFFFFFu);
+        else {
+            uint64_t value = vmread_value(&a, stored ? PyLong_AsUnsignedLongLongMask(stored) : 0, op64);
+            item = PyErr_Occurred() ? NULL : PyLong_FromUnsignedLongLong(value);
         }
         if (!item || PyList_Append(values, item)) {
             Py_XDECREF(item);
@@ -74,6 +52,40 @@ fail:
     return NULL;
 }
 
+/* One VMWRITE of `source` into `fields`: 1 done, 0 refused (`outcome` set), -1 with an exception.
+   A value the field keeps whole is stored as the caller's object. */
+static int write_one(PyObject *access, PyObject *fields, PyObject *encoding, PyObject *source, int op64,
+                     int any_field, int *outcome)
+{
+    struct vmcs_access a;
+    int found = vmcs_access_of(access, encoding, &a);
+    if (found <= 0) {
+        *outcome = ACCESS_UNSUPPORTED;
+        return found;
+    }
+    if (a.read_only && !any_field) {
+        *outcome = ACCESS_READ_ONLY;
+        return 0;
+    }
+    uint64_t old = a.high ? vmcs_field(fields, a.full) : 0;
+    uint64_t value = vmwrite_value(&a, old, PyLong_AsUnsignedLongLongMask(source), op64);
+    if (PyErr_Occurred())
+        return -1;
+    PyObject *item = NULL;
+    if (!a.high && PyLong_CheckExact(source)) {
+        uint64_t exact = PyLong_AsUnsignedLongLong(source); /* fails below 0 or beyond 64 bits */
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        else if (exact == value)
+            item = Py_NewRef(source);
+    }
+    if (!item && !(item = PyLong_FromUnsignedLongLong(value)))
+        return -1;
+    int rc = PyDict_SetItem(fields, a.full, item);
+    Py_DECREF(item);
+    return rc ? -1 : 1;
+}
+
 /* vmcs_write(access, fields, writes, op64, any_field) -> (outcome, written): (encoding, value) pairs
    in turn, stopping at the first that fails. */
 static PyObject *vmcs_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -83,62 +95,22 @@ static PyObject *vmcs_write(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "vmcs_write(access: dict, fields: dict, writes, op64, any_field)");
         return NULL;
     }
-    PyObject *access = args[0], *fields = args[1];
-    int op64 = PyObject_IsTrue(args[3]), any_field = PyObject_IsTrue(args[4]), outcome = ACCESS_OK;
+    int op64 = PyObject_IsTrue(args[3]), any_field = PyObject_IsTrue(args[4]), outcome = ACCESS_OK, done = 1;
     Py_ssize_t written = 0;
     PyObject *it = PyObject_GetIter(args[2]), *pair;
     if (op64 < 0 || any_field < 0 || !it)
         goto fail;
-    while ((pair = PyIter_Next(it))) {
+    while (done > 0 && (pair = PyIter_Next(it))) {
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "a VMWRITE is an (encoding, value) pair");
-            Py_DECREF(pair);
-            goto fail;
-        }
-        PyObject *source = PyTuple_GET_ITEM(pair, 1), *entry = lookup(access, PyTuple_GET_ITEM(pair, 0));
-        if (!entry) {
-            Py_DECREF(pair);
-            if (PyErr_Occurred())
-                goto fail;
-            outcome = ACCESS_UNSUPPORTED;
-            break;
-        }
-        PyObject *full = PyTuple_GET_ITEM(entry, 0);
-        int high = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1)), read_only = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 3));
-        uint64_t mask = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(entry, 2));
-        uint64_t value = PyLong_AsUnsignedLongLongMask(source);
-        if (high < 0 || read_only < 0 || PyErr_Occurred()) {
-            Py_DECREF(pair);
-            goto fail;
-        }
-        if (read_only && !any_field) {
-            Py_DECREF(pair);
-            outcome = ACCESS_READ_ONLY;
-            break;
-        }
-        if (high)
-            value = (field_value(fields, full) & 0xFFFFFFFFu) | (value & 0xFFFFFFFFu) << 32;
-        else
-            value &= op64 ? mask : mask & 0xFFFFFFFFu; /* outside 64-bit mode: 32-bit source */
-        PyObject *item = NULL;
-        if (!high && PyLong_CheckExact(source)) {
-            uint64_t exact = PyLong_AsUnsignedLongLong(source); /* fails below 0 or beyond 64 bits */
-            if (PyErr_Occurred())
-                PyErr_Clear();
-            else if (exact == value)
-                item = Py_NewRef(source); /* kept whole: store the caller's object */
-        }
-        if (!item)
-            item = PyLong_FromUnsignedLongLong(value);
+            done = -1;
+        } else
+            done = write_one(args[0], args[1], PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1), op64, any_field,
+                             &outcome);
         Py_DECREF(pair);
-        if (!item || PyDict_SetItem(fields, full, item)) {
-            Py_XDECREF(item);
-            goto fail;
-        }
-        Py_DECREF(item);
-        written++;
+        written += done > 0;
     }
-    if (PyErr_Occurred())
+    if (done < 0 || PyErr_Occurred())
         goto fail;
     Py_DECREF(it);
     return Py_BuildValue("(in)", outcome, written);

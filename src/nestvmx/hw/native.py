@@ -1,5 +1,6 @@
 """Building nestvmx's C code with the machine's gcc, cached by content hash: the processor
-model's VMCS accesses (native.c beside this file) and, for the layers above, their own C."""
+model's VMCS accesses (native.c beside this file, with vmcs_access.h) and, for the layers above,
+their own C."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import sysconfig
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+
+_HEADERS = Path(__file__).parent  # C headers shared by the layers' C code
 
 
 class BuildError(Exception):
@@ -37,15 +40,16 @@ def require_gcc() -> str:
 
 @cache
 def build_shared(source: Path) -> Path:
-    """`source` compiled against this Python's headers into a shared object in the cache."""
-    text = source.read_bytes()
+    """`source` compiled against this Python's headers and hw's (vmcs_access.h) into a shared object
+    in the cache, named by the hash of everything that goes in."""
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(_HEADERS.glob("*.h")))
     include = sysconfig.get_paths()["include"]
     digest = hashlib.sha256(text + f"{sys.version}|{include}".encode()).hexdigest()[:16]
     lib = cache_dir() / f"{source.stem}-{digest}.so"
     if not lib.exists():
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         result = subprocess.run(
-            [require_gcc(), "-O2", "-shared", "-fPIC", f"-I{include}", "-o", str(tmp), str(source)],
+            [require_gcc(), "-O2", "-shared", "-fPIC", f"-I{include}", f"-I{_HEADERS}", "-o", str(tmp), str(source)],
             capture_output=True,
             text=True,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nestvmx.arch.fields import ACCESS_RIGHTS_FIELDS, AR_BYTES_WRITABLE, VMCS_FIELDS, Access, VmcsField
+from nestvmx.arch.fields import VMCS_FIELDS, VMWRITE_MASKS, Access, VmcsField
 
 VMCS12_REVISION = 0x11E57ED0  # KVM's VMCS12_REVISION
 VMCS12_SIZE = 0x1000
@@ -33,12 +33,6 @@ def _layout() -> dict[int, tuple[int, int]]:
 
 # FULL encoding -> (offset, size): the one table of the vmcs12 format (docs/vmcs12.md).
 VMCS12_OFFSETS: dict[int, tuple[int, int]] = _layout()
-
-# FULL encoding -> the bits a write keeps: the field's width and, as on hardware, no reserved
-# access-rights bits (KVM drops them too).
-_WRITE_MASKS: dict[int, int] = {
-    f.encoding: f.width.mask & (AR_BYTES_WRITABLE if f.encoding in ACCESS_RIGHTS_FIELDS else -1) for f in VMCS_FIELDS
-}
 
 
 @dataclass
@@ -66,7 +60,7 @@ class Vmcs12:
         """vmcs12_write_any of FULL accesses, (encoding, value) in turn."""
         fields = self.fields
         for encoding, value in writes:
-            fields[encoding] = value & _WRITE_MASKS[encoding]
+            fields[encoding] = value & VMWRITE_MASKS[encoding]
 
     def __getitem__(self, encoding: int) -> int:
         return self.fields.get(encoding, 0)
