@@ -137,6 +137,7 @@ def test_nested_capabilities_offer_only_what_l0_emulates() -> None:
     assert not m[Msr.IA32_VMX_BASIC] >> 49 & 1  # no dual-monitor SMM: IA32_SMM_MONITOR_CTL is not emulated
     assert m[Msr.IA32_VMX_MISC] >> 5 & 1 == host[Msr.IA32_VMX_MISC] >> 5 & 1 == 1  # exits store EFER.LMA
     assert m[Msr.IA32_VMX_CR4_FIXED1] == host[Msr.IA32_VMX_CR4_FIXED1] & CR4_GUEST_VALID  # L1's CPUID features
+    assert m[Msr.IA32_VMX_CR4_FIXED1] == 0x27FF  # VME..OSXMMEXCPT, VMXE; not SMXE, FSGSBASE, PCIDE, OSXSAVE, SMEP
     for plain, true in (
         (Msr.IA32_VMX_PINBASED_CTLS, Msr.IA32_VMX_TRUE_PINBASED_CTLS),
         (Msr.IA32_VMX_PROCBASED_CTLS, Msr.IA32_VMX_TRUE_PROCBASED_CTLS),

@@ -177,6 +177,8 @@ def test_native_shadow_path_matches_the_processor_model(elf, monkeypatch: pytest
     _without_native_shadow_path(monkeypatch)
     assert _observed(*run(elf, True)) == native
     assert native_stops < len(stops) if shadowed else native_stops <= len(stops)
+    events = native[-1]["events"]  # the hook serves only shadowed accesses, each sparing one stop
+    assert len(stops) - native_stops <= events.get("shadow_vmread", 0) + events.get("shadow_vmwrite", 0)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,17 +6,17 @@ runs guest code and returns the structured `VmExit` after `LogicalProcessor.vm_e
 recorded it in the VMCS and loaded host state.
 
 Exit conditions and how they are caught (Unicorn 2.1.4; see shared/reference/ecosystem-style.md):
-- CPUID, IN/OUT/INS/OUTS: Unicorn's instruction hooks;
 - VMX instructions (which Unicorn does not know): the invalid-instruction hook, then our decoder;
-- RDMSR/WRMSR and control-register accesses, which Unicorn would execute silently: each newly
-  translated block is decoded (iced-x86) and a code hook is placed on those instructions, which
-  stops the guest before they execute;
+- the instructions Unicorn would execute without an exit or otherwise wrongly (CPUID, I/O,
+  RDMSR/WRMSR, control-register and descriptor-table loads, RDTSC, STI and MOV to SS: _SPECIAL):
+  each newly translated block is decoded (iced-x86) and their addresses go into the C
+  instruction counter's sorted list, which calls the engine before they execute;
 - exceptions: the interrupt hook; each goes through the exception bitmap and otherwise through
   the guest's IDT (delivery.py);
 - HLT: emu_start returns after it;
 - the host's timer (`run(timer=N)`, used by L0's scheduler): the instruction counter stops the
-  guest at the end of the block in which it executed N instructions, and the processor takes
-  the interrupt as an external-interrupt VM exit.
+  guest when its count reaches N, and the processor takes the interrupt as an external-interrupt
+  VM exit.
 - EPT violations: guest-physical memory is mapped from host memory per EPT; an access Unicorn
   finds unmapped or forbidden is an EPT violation.
 """
@@ -67,7 +67,7 @@ _IO = {_M.IN, _M.OUT, _M.INSB, _M.INSW, _M.INSD, _M.OUTSB, _M.OUTSW, _M.OUTSD}
 _STRING_IO = {_M.INSB: 1, _M.INSW: 2, _M.INSD: 4, _M.OUTSB: 1, _M.OUTSW: 2, _M.OUTSD: 4}  # mnemonic: size
 # Instructions Unicorn would execute without a VM exit (or, for IN/OUT/CPUID, too late to stop
 # before them; LTR: wrongly; STI and MOV to SS: to note the blocking they start, see _special):
-# code hooks stop the guest in front of each.
+# the instruction counter stops the guest in front of each.
 _SPECIAL = {_M.CPUID, _M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.RDTSC, _M.RDTSCP, _M.LTR, _M.LGDT, _M.LIDT, _M.STI, *_IO}
 # Instructions of the special ones that are #GP(0) at CPL > 0 (with MOV to/from CR; SDM Vol. 2).
 _CPL0_ONLY = {_M.RDMSR, _M.WRMSR, _M.CLTS, _M.LMSW, _M.LTR, _M.LGDT, _M.LIDT}
@@ -80,8 +80,11 @@ _CR_NUMBER = {
     iced_x86.Register.CR8: 8,
 }
 _INVALID_INSTRUCTION = iced_x86.DecoderError.INVALID_INSTRUCTION
-_ICED_GPR64 = [iced_x86.Register.RAX + i for i in range(16)]
-_ICED_GPR32 = [iced_x86.Register.EAX + i for i in range(16)]
+_ICED_GPR32 = frozenset(iced_x86.Register.EAX + i for i in range(16))
+# iced-x86's general-purpose registers (64-, 32- and 16-bit) -> register number
+_GPR_NUMBER = {
+    first + i: i for first in (iced_x86.Register.RAX, iced_x86.Register.EAX, iced_x86.Register.AX) for i in range(16)
+}
 _CR0_TS = 1 << 3
 _K = iced_x86.OpKind
 _STRING_ADDRESS_SIZE = {  # INS/OUTS memory operand kind: 16-, 32- or 64-bit address size (0, 1, 2)
@@ -115,7 +118,7 @@ _CR4_TSD = 1 << 2
 # offset of the saved CPU context of unicorn 2.1.4 (the pinned version); the engine clears it
 # before every run.  QEMU's error code of the exception it raised sits 112 bytes before it
 # (CPUX86State: error_code, exception_is_int, exception_next_eip, dr[8], 4 breakpoint pointers,
-# old_exception).  conformance/exceptions and l2_events fail if either offset is wrong.
+# old_exception).  tests/guests/exceptions.c and conformance/l2_events.c fail if either offset is wrong.
 _OLD_EXCEPTION_OFFSET = 5536
 _ERROR_CODE_OFFSET = _OLD_EXCEPTION_OFFSET - 112
 
@@ -167,20 +170,14 @@ def _memory_operand(ins: iced_x86.Instruction) -> MemOperand:
     """The memory operand of an instruction iced-x86 decoded (64-bit mode), as the processor model
     takes it (hw.instruction.MemOperand)."""
 
-    def number(reg: int) -> int | None:
-        for table in (_ICED_GPR64, _ICED_GPR32):
-            if reg in table:
-                return table.index(reg)
-        return None
-
     segment = _SEGMENT_NUMBER[ins.memory_segment]
     address_size = 32 if ins.memory_base in _ICED_GPR32 or ins.memory_index in _ICED_GPR32 else 64
     if ins.is_ip_rel_memory_operand:  # iced gives the target itself
         return MemOperand(segment, displacement=ins.ip_rel_memory_address, address_size=address_size)
     return MemOperand(
         segment,
-        number(ins.memory_base),
-        number(ins.memory_index),
+        _GPR_NUMBER.get(ins.memory_base),
+        _GPR_NUMBER.get(ins.memory_index),
         ins.memory_index_scale.bit_length() - 1,
         ins.memory_displacement,
         address_size,
@@ -193,7 +190,7 @@ class EngineError(Exception):
 
 @dataclass
 class _Stop:
-    kind: str  # "cpuid", "io", "invalid", "exception", "special", "memory"
+    kind: str  # "invalid", "exception", "special", "memory", "retranslate"
     rip: int
     data: dict = field(default_factory=dict)
 
@@ -544,14 +541,15 @@ class Engine:
             self._halt("retranslate", cur.pc)
 
     def _scan(self, pc: int, size: int = 64) -> bool:
-        """Place code hooks on the instructions Unicorn would execute without a VM exit; True if new."""
+        """Have the counter stop in front of the instructions Unicorn would execute without a VM exit
+        (_SPECIAL); True if new ones were found."""
         ctx = self.ctx
         cr3 = ctx.regs.cr3()
         seen = ctx.scanned_code.get((cr3, pc))
         buffer = self.cpu.memory.buffer
         if seen and buffer[seen[0] : seen[0] + len(seen[1])] == seen[1]:
             self._note_code_page(ctx, seen[0])
-            return False  # retranslated after a flush, same bytes: its hooks are still in place
+            return False  # retranslated after a flush, same bytes: its addresses are still listed
         memory = GuestMemory(self.cpu.model, self.cpu.memory, self._uc_paging_state(), ctx.eptp, ctx.ept_cache)
         code = memory.fetch(pc, size)
         for linear in {pc, pc + len(code) - 1} if code else ():
@@ -777,7 +775,7 @@ class Engine:
             return self._exception(Vector.GP, 0)
         return self._exception(Vector.UD)
 
-    # RDMSR/WRMSR and control-register accesses (SDM §26.1.3)
+    # The special instructions (_SPECIAL, MOV CR, undefined encodings), the guest stopped in front of each
     def _special(self, rip: int) -> VmExit | None:
         ins = self._decoded_at(self.cpu.state.cr3, rip, _decode_x86)
         if ins is None or ins.code == iced_x86.Code.INVALID:
@@ -894,7 +892,7 @@ class Engine:
         to_cr = ins.code in (iced_x86.Code.MOV_CR_R64, iced_x86.Code.MOV_CR_R32)
         cr = _CR_NUMBER.get(ins.op0_register if to_cr else ins.op1_register)
         gpr_reg = ins.op1_register if to_cr else ins.op0_register
-        gpr = _ICED_GPR64.index(gpr_reg) if gpr_reg in _ICED_GPR64 else _ICED_GPR32.index(gpr_reg)
+        gpr = _GPR_NUMBER[gpr_reg]
         if cr is None:
             return self._exception(Vector.UD)
         if cr == 2:  # never intercepted; emulated because Unicorn's CR2 is not reliable (uc_state.py)
@@ -940,11 +938,7 @@ class Engine:
     def _operand_value(self, ins, op: int) -> int:
         kind = ins.op_kind(op)
         if kind == iced_x86.OpKind.REGISTER:
-            reg = ins.op_register(op)
-            for table in (_ICED_GPR64, _ICED_GPR32):
-                if reg in table:
-                    return self.cpu.state.gpr[table.index(reg)]
-            return self.cpu.state.gpr[[iced_x86.Register.AX + i for i in range(16)].index(reg)]
+            return self.cpu.state.gpr[_GPR_NUMBER[ins.op_register(op)]]
         return int.from_bytes(self.guest_memory().read(self._memory_operand_address(ins), 2), "little")
 
     def _memory_operand_address(self, ins) -> int:

@@ -5,6 +5,7 @@ by hw.native."""
 from __future__ import annotations
 
 import ctypes
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 
@@ -58,6 +59,7 @@ class ShadowPath(ctypes.Structure):
     ]
 
 
+@cache
 def native_library() -> ctypes.CDLL:
     """native.c's Unicorn callbacks, for ctypes."""
     return ctypes.CDLL(str(build_shared(_SOURCE)))

@@ -52,7 +52,7 @@ class CpuModel:
     phys_addr_bits: int
     field_order: str  # how this model packs its VMCS: "type-major" or "width-major"
 
-    @cached_property  # the model's MSRs do not change; read on every VMPTRLD and VMWRITE
+    @cached_property  # the model's MSRs do not change; read on every VMPTRLD
     def revision_id(self) -> int:
         return self.msrs[Msr.IA32_VMX_BASIC] & VMX_BASIC_REVISION_MASK
 

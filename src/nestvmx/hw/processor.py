@@ -70,7 +70,7 @@ VM_SUCCEED = 0
 VM_FAIL_INVALID = -1
 
 _VMREAD_VMWRITE = (VmxOp.VMREAD, VmxOp.VMWRITE)
-# native.c's access outcomes: success, an encoding the VMCS lacks, a read-only field (SDM §31.4).
+# hw/native.c's access outcomes: success, an encoding the VMCS lacks, a read-only field (SDM §31.4).
 _ACCESS_STATUS = (
     VM_SUCCEED,
     VmxError.UNSUPPORTED_VMCS_COMPONENT,
@@ -279,7 +279,7 @@ class LogicalProcessor:
 
     def _vmread_values(self, vmcs: VmcsData | None, encodings: Iterable[int], op64: bool) -> tuple[int, list[int]]:
         """(status, values) of VMREADs in turn, without side effects; stops at the first that fails
-        (native.c's vmcs_read: the values of FULL or HIGH accesses, 32 bits outside 64-bit mode)."""
+        (hw/native.c's vmcs_read: the values of FULL or HIGH accesses, 32 bits outside 64-bit mode)."""
         if vmcs is None:
             return VM_FAIL_INVALID, []
         outcome, values = self._native.vmcs_read(self.model.vmcs_access, vmcs.fields, encodings, op64)
@@ -291,7 +291,7 @@ class LogicalProcessor:
         """VMWRITEs in turn, with their status in RFLAGS; stops at the first that fails."""
         if vmcs is None:
             return self._set_status(VM_FAIL_INVALID)
-        # native.c's vmcs_write: a HIGH access keeps the low half; outside 64-bit mode the source is 32
+        # hw/native.c's vmcs_write: a HIGH access keeps the low half; outside 64-bit mode the source is 32
         # bits and the upper half of the field is cleared; read-only fields need VMWRITE-any-field.
         outcome, written = self._native.vmcs_write(
             self.model.vmcs_access, vmcs.fields, writes, op64, self.model.vmwrite_any_field

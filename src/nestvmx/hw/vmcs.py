@@ -43,13 +43,10 @@ class VmcsData:
     fields: dict[int, int] = field(default_factory=dict)  # FULL encoding -> value
 
 
-_ACTIVATE_SECONDARY_CONTROLS = PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS  # an enum lookup costs ~50 ns
-
-
 def secondary_controls(fields: dict[int, int]) -> int:
     """The secondary processor-based controls in effect: none unless the primary controls'
     "activate secondary controls" is 1 (SDM §25.6.2)."""
-    if fields[F.CPU_BASED_VM_EXEC_CONTROL] & _ACTIVATE_SECONDARY_CONTROLS:
+    if fields[F.CPU_BASED_VM_EXEC_CONTROL] & PrimaryCtls.ACTIVATE_SECONDARY_CONTROLS:
         return fields.get(F.SECONDARY_VM_EXEC_CONTROL, 0)
     return 0
 

@@ -155,19 +155,18 @@ def host_segments(fields: dict[int, int]) -> list[tuple[int, int, int, int]]:
     long_mode = bool(fields[F.VM_EXIT_CONTROLS] & ExitCtls.HOST_ADDR_SPACE_SIZE)
     es, cs, ss, ds, fs, gs, tr = _host_selectors(fields)
     fs_base, gs_base, tr_base = _host_segment_bases(fields)
-
-    def data(selector: int, base: int = 0, ss: bool = False) -> tuple[int, int, int, int]:
-        unusable = selector == 0 and not (ss and long_mode)
-        return selector, base, 0xFFFF_FFFF, _HOST_DATA_AR | (AR_UNUSABLE if unusable else 0)
-
+    ar = [_HOST_DATA_AR | (AR_UNUSABLE if selector == 0 else 0) for selector in (es, ss, ds, fs, gs)]
+    if long_mode:
+        ar[1] &= ~AR_UNUSABLE  # a null SS stays usable in 64-bit mode
     code = 0xB | AR_S | AR_P | AR_G | (AR_L if long_mode else AR_DB)
+    flat = 0xFFFF_FFFF
     return [
-        data(es),
-        (cs, 0, 0xFFFF_FFFF, code),
-        data(ss, ss=True),
-        data(ds),
-        data(fs, fs_base),
-        data(gs, gs_base),
+        (es, 0, flat, ar[0]),
+        (cs, 0, flat, code),
+        (ss, 0, flat, ar[1]),
+        (ds, 0, flat, ar[2]),
+        (fs, fs_base, flat, ar[3]),
+        (gs, gs_base, flat, ar[4]),
         (0, 0, 0, AR_UNUSABLE),
         (tr, tr_base, 0x67, 0xB | AR_P),
     ]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from nestvmx.arch.controls import INTR_INFO_VALID, EntryCtls, ExitCtls, PinBased, PrimaryCtls, SecondaryCtls
 from nestvmx.arch.errors import VmxError
-from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason
+from nestvmx.arch.exit_reasons import EXIT_REASON_FAILED_VMENTRY, ExitReason, exit_reason_name
 from nestvmx.arch.fields import VMCS_FIELDS, FieldType
 from nestvmx.arch.fields import Field as F
 from nestvmx.arch.msr import EPT_CAP_INVEPT_ALL_CONTEXT, EPT_CAP_INVEPT_SINGLE_CONTEXT, Msr
@@ -669,7 +669,8 @@ class NestedVmx:
         """Build vmcs02 from vmcs12 and L0's own needs, then make it current."""
         v, vmcs12 = self.vcpu, self.vmcs12
         f = vmcs12.fields
-        eptp12 = f[F.EPT_POINTER] if self._uses_ept12() else None
+        secondary12 = secondary_controls(f)
+        eptp12 = f[F.EPT_POINTER] if secondary12 & SecondaryCtls.ENABLE_EPT else None
         if self.ept02 is None or self.ept02_source != eptp12:
             self._build_ept02(eptp12)
         l1_cr0, l1_efer, l1_pat, l1_dr7, l1_debugctl = v.vmread_many(
@@ -678,7 +679,7 @@ class NestedVmx:
         l2_cr0 = load_cr0(l1_cr0, f[F.GUEST_CR0])  # CD, NW, ET stay L1's (§27.3.2.1)
         self.load_vmcs(self.vmcs02)
         primary = f[F.CPU_BASED_VM_EXEC_CONTROL] & ~_PRIMARY12_DROPPED | _PRIMARY02
-        secondary = secondary_controls(f) & _SECONDARY12_KEPT | _SECONDARY02
+        secondary = secondary12 & _SECONDARY12_KEPT | _SECONDARY02
         cr0_l0, cr4_l0 = v.cr0_host_owned, v.cr4_host_owned
         values = {
             F.PIN_BASED_VM_EXEC_CONTROL: f[F.PIN_BASED_VM_EXEC_CONTROL] | _PIN02,
@@ -733,9 +734,6 @@ class NestedVmx:
             vmcs12.launched = True
         self.guest_mode = self.nested_run_pending = True
         v.stats.nested_vmentries += 1
-
-    def _uses_ept12(self) -> bool:
-        return bool(secondary_controls(self.vmcs12.fields) & SecondaryCtls.ENABLE_EPT)
 
     # ------------------------------------------------ EPT02
 
@@ -927,7 +925,7 @@ class NestedVmx:
         self.sync_shadow_vmcs = self.shadow_vmcs is not None
         if v.kvm.trace:
             v.kvm.trace(
-                f"kvm_nested_vmexit: vcpu {v.vcpu_id} reason {ExitReason(reason & 0xFFFF).name} "
+                f"kvm_nested_vmexit: vcpu {v.vcpu_id} reason {exit_reason_name(reason & 0xFFFF)} "
                 f"rip {vmcs12[F.GUEST_RIP]:#x} info1 {vmcs12[F.EXIT_QUALIFICATION]:#x}"
             )
         end = self.load_vmcs12_host_state(l2)
